@@ -1,0 +1,219 @@
+"""Camera and voxel-grid geometry shared by the datasets, the model and the node.
+
+Conventions (the SemanticKITTI SSC ones):
+- The *grid frame* is the LiDAR/ego frame: x forward, y left, z up, metres.
+- A grid is ``dims`` voxels of ``voxel_size`` starting at ``origin`` (the min corner). Index order is (x, y, z),
+  flattened in C order: n = (ix * dims[1] + iy) * dims[2] + iz.
+- ``K`` is a 3x3 pinhole matrix of the *original* image; ``T_cam_grid`` (4x4) maps grid-frame points into that
+  camera's optical frame (z forward, x right, y down). For KITTI the P matrix's 4th column (the offset of the
+  colour camera from the rectified reference camera) is folded into ``T_cam_grid``.
+- ``img_aug`` (3x3) maps original pixel coordinates to network-input pixel coordinates (resize, crop).
+
+Every function accepts numpy arrays or torch tensors (matrices of the same kind as the points) and returns the
+same kind, so one implementation serves the numpy data pipeline and the torch model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+
+try:  # torch is optional for the numpy-only users (bag tools, message encoding)
+    import torch
+except ImportError:  # pragma: no cover - torch is a hard dependency of the package, not of this module
+    torch = None
+
+Array = Any  # np.ndarray or torch.Tensor
+
+
+def _is_torch(x: Array) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _cat(xs, axis: int = -1):
+    return torch.cat(xs, dim=axis) if _is_torch(xs[0]) else np.concatenate(xs, axis=axis)
+
+
+def _ones_like_last(x: Array) -> Array:
+    return torch.ones_like(x[..., :1]) if _is_torch(x) else np.ones_like(x[..., :1])
+
+
+def _like(m: Array, ref: Array) -> Array:
+    """Return matrix ``m`` as the same kind/dtype/device as ``ref``."""
+    if _is_torch(ref):
+        return torch.as_tensor(m, dtype=ref.dtype, device=ref.device)
+    return np.asarray(m, dtype=ref.dtype if ref.dtype.kind == "f" else np.float64)
+
+
+def _inv(m: Array) -> Array:
+    return torch.linalg.inv(m) if _is_torch(m) else np.linalg.inv(m)
+
+
+def _mT(m: Array) -> Array:
+    return m.transpose(-1, -2) if _is_torch(m) else np.swapaxes(m, -1, -2)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    origin: Tuple[float, float, float] = (0.0, -25.6, -2.0)
+    voxel_size: float = 0.2
+    dims: Tuple[int, int, int] = (256, 256, 32)
+
+    @property
+    def num_voxels(self) -> int:
+        return self.dims[0] * self.dims[1] * self.dims[2]
+
+    @property
+    def upper(self) -> Tuple[float, float, float]:
+        return tuple(o + d * self.voxel_size for o, d in zip(self.origin, self.dims))
+
+    def scaled(self, factor: int) -> "GridSpec":
+        """The same volume at ``factor`` times coarser voxels (e.g. 2 -> 128x128x16 at 0.4 m)."""
+        if any(d % factor for d in self.dims):
+            raise ValueError(f"grid dims {self.dims} not divisible by {factor}")
+        return GridSpec(self.origin, self.voxel_size * factor, tuple(d // factor for d in self.dims))
+
+
+SEMANTIC_KITTI_GRID = GridSpec()
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+def transform_points(T: Array, points: Array) -> Array:
+    """Apply a (..., 4, 4) rigid transform to (..., N, 3) points."""
+    T = _like(T, points)
+    return points @ _mT(T[..., :3, :3]) + T[..., None, :3, 3]
+
+
+def project_points(points: Array, K: Array, T_cam_grid: Array,
+                   img_aug: Optional[Array] = None) -> Tuple[Array, Array]:
+    """Grid-frame points (..., N, 3) -> pixel coordinates (..., N, 2) and camera depth (..., N).
+
+    Points behind the camera get depth <= 0; their pixel coordinates are meaningless and the caller masks them.
+    """
+    cam = transform_points(T_cam_grid, points)
+    KA = _like(K, points)
+    if img_aug is not None:
+        KA = _like(img_aug, points) @ KA
+    pix = cam @ _mT(KA)
+    depth = pix[..., 2]
+    eps = 1e-6
+    safe = depth.clamp(min=eps) if _is_torch(depth) else np.maximum(depth, eps)
+    return pix[..., :2] / safe[..., None], depth
+
+
+def unproject_pixels(uv: Array, depth: Array, K: Array, T_cam_grid: Array,
+                     img_aug: Optional[Array] = None) -> Array:
+    """Pixels (..., N, 2) at camera depth (..., N) -> grid-frame points (..., N, 3). Inverse of project_points."""
+    KA = _like(K, uv)
+    if img_aug is not None:
+        KA = _like(img_aug, uv) @ KA
+    pix = _cat([uv * depth[..., None], depth[..., None]])
+    cam = pix @ _mT(_inv(KA))
+    return transform_points(_inv(_like(T_cam_grid, uv)), cam)
+
+
+# --------------------------------------------------------------------------------------------------- grid
+def voxel_centers(grid: GridSpec = SEMANTIC_KITTI_GRID, like: Optional[Array] = None) -> Array:
+    """(X, Y, Z, 3) voxel-centre coordinates in metres (numpy float32, or torch when ``like`` is a tensor)."""
+    axes = [np.asarray(o + (np.arange(d) + 0.5) * grid.voxel_size, np.float32)
+            for o, d in zip(grid.origin, grid.dims)]
+    centers = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    if like is not None and _is_torch(like):
+        return torch.as_tensor(centers, device=like.device)
+    return centers
+
+
+def points_to_voxels(points: Array, grid: GridSpec = SEMANTIC_KITTI_GRID) -> Tuple[Array, Array]:
+    """Points (..., 3) -> integer voxel indices (..., 3) and a mask of points inside the grid.
+
+    Uses floor, so a point just below a lower bound is *outside* (the official LSS code truncates toward zero
+    and would put it in voxel 0; that quirk belongs in the model's pooling, not here).
+    """
+    origin = _like(np.asarray(grid.origin), points)
+    rel = (points - origin) / grid.voxel_size
+    if _is_torch(points):
+        idx = torch.floor(rel).long()
+        dims = torch.as_tensor(grid.dims, device=points.device)
+    else:
+        idx = np.floor(rel).astype(np.int64)
+        dims = np.asarray(grid.dims)
+    inside = ((idx >= 0) & (idx < dims)).all(-1)
+    return idx, inside
+
+
+def flat_index(idx: Array, dims: Tuple[int, int, int]) -> Array:
+    """(…, 3) voxel indices -> C-order flat index n = (ix * Y + iy) * Z + iz."""
+    return (idx[..., 0] * dims[1] + idx[..., 1]) * dims[2] + idx[..., 2]
+
+
+# ------------------------------------------------------------------------------------------------- images
+def resize_crop_matrix(scale: float, crop_left: float = 0.0, crop_top: float = 0.0) -> np.ndarray:
+    """3x3 image transform: resize by ``scale``, then crop away ``crop_left`` / ``crop_top`` pixels."""
+    return np.array([[scale, 0.0, -crop_left], [0.0, scale, -crop_top], [0.0, 0.0, 1.0]])
+
+
+def input_transform(height: int, width: int, out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """The ScanSSC image pipeline: resize so the width becomes ``out_hw[1]``, keep the bottom ``out_hw[0]`` rows.
+
+    Returns the 3x3 ``img_aug`` and the resized (height, width) before cropping. When the resized image is
+    shorter than ``out_hw[0]`` the crop offset is negative, i.e. a band is padded at the top (as for KITTI-360).
+    """
+    scale = out_hw[1] / float(width)
+    rh, rw = int(round(height * scale)), out_hw[1]
+    return resize_crop_matrix(scale, 0.0, float(rh - out_hw[0])), (rh, rw)
+
+
+# -------------------------------------------------------------------------------------------- calibration
+def read_kitti_calib(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    """KITTI odometry calib.txt -> {'P0'..'P3': 3x4, 'Tr': 4x4 (velodyne -> rectified cam0)}."""
+    out: Dict[str, np.ndarray] = {}
+    for line in Path(path).read_text().splitlines():
+        if ":" not in line:
+            continue
+        key, vals = line.split(":", 1)
+        nums = np.array([float(v) for v in vals.split()], np.float64)
+        if nums.size != 12:
+            raise ValueError(f"{path}: {key} has {nums.size} values, expected 12")
+        m = nums.reshape(3, 4)
+        out[key.strip()] = np.vstack([m, [0, 0, 0, 1]]) if key.strip() == "Tr" else m
+    missing = {"P2", "Tr"} - set(out)
+    if missing:
+        raise ValueError(f"{path}: missing {sorted(missing)}")
+    return out
+
+
+def split_projection(P: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A rectified 3x4 projection P = K [I | t] -> (K, t). t is the camera's offset from the reference camera."""
+    K = np.asarray(P, np.float64)[:, :3].copy()
+    t = np.linalg.solve(K, np.asarray(P, np.float64)[:, 3])
+    return K, t
+
+
+def kitti_camera(calib: Dict[str, np.ndarray], cam: str = "P2") -> Tuple[np.ndarray, np.ndarray]:
+    """(K, T_cam_grid) of a KITTI camera, the grid frame being the velodyne frame."""
+    K, t = split_projection(calib[cam])
+    shift = np.eye(4)
+    shift[:3, 3] = t
+    return K, shift @ calib["Tr"]
+
+
+def stereo_baseline(P_left: np.ndarray, P_right: np.ndarray) -> float:
+    """Baseline in metres between two rectified cameras, from their projection matrices (positive when the
+    right camera is to the right of the left one)."""
+    fx = float(P_left[0, 0])
+    return float(P_left[0, 3] - P_right[0, 3]) / fx
+
+
+def intrinsics_from_k_p(k: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """3x3 intrinsics from a CameraInfo's K (row-major 9) or, when K is all zeros, from P (row-major 12).
+
+    Raises ValueError when neither holds a usable pinhole matrix (zero/NaN focal lengths).
+    """
+    K = np.asarray(k, np.float64).reshape(3, 3)
+    if not np.any(K):
+        K = np.asarray(p, np.float64).reshape(3, 4)[:, :3].copy()
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
+        raise ValueError(f"unusable camera intrinsics (K and P give fx={K[0, 0]}, fy={K[1, 1]})")
+    return K / K[2, 2]
