@@ -69,7 +69,7 @@ class GridSpec:
     def upper(self) -> Tuple[float, float, float]:
         return tuple(o + d * self.voxel_size for o, d in zip(self.origin, self.dims))
 
-    def scaled(self, factor: int) -> "GridSpec":
+    def scaled(self, factor: int) -> GridSpec:
         """The same volume at ``factor`` times coarser voxels (e.g. 2 -> 128x128x16 at 0.4 m)."""
         if any(d % factor for d in self.dims):
             raise ValueError(f"grid dims {self.dims} not divisible by {factor}")
@@ -154,7 +154,8 @@ def resize_crop_matrix(scale: float, crop_left: float = 0.0, crop_top: float = 0
     return np.array([[scale, 0.0, -crop_left], [0.0, scale, -crop_top], [0.0, 0.0, 1.0]])
 
 
-def input_transform(height: int, width: int, out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, Tuple[int, int]]:
+def input_transform(height: int, width: int,
+                    out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, Tuple[int, int]]:
     """The ScanSSC image pipeline: resize so the width becomes ``out_hw[1]``, keep the bottom ``out_hw[0]`` rows.
 
     Returns the 3x3 ``img_aug`` and the resized (height, width) before cropping. When the resized image is

@@ -23,3 +23,22 @@ def kitti_seq(shared_data: Path) -> Path:
     if not (seq / "calib.txt").is_file():
         pytest.skip(f"SemanticKITTI sample sequence not found at {seq}")
     return seq
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Keep every ROS participant of this test run on loopback and in its own domain, also in child processes,
+    # so parallel runs on one machine do not see each other.
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+
+
+@pytest.fixture()
+def ros_context():
+    """An initialised rclpy context, shut down after the test. Skips when rclpy is not importable."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        rclpy.try_shutdown(context=ctx)

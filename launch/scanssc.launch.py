@@ -1,0 +1,83 @@
+"""Launch scanssc_node (and optionally RViz).
+
+    ros2 launch scanssc_ros scanssc.launch.py checkpoint:=/path/model.pt device:=cuda use_rviz:=true
+
+Launch arguments left empty keep the value from the params file (`config`), so a user's own YAML is not
+silently overridden.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+PACKAGE = "scanssc_ros"
+EXECUTABLE = "scanssc_node"
+
+# launch argument -> node parameter; an empty argument leaves the params file's value in place
+PARAM_ARGS = {
+    "checkpoint": ("checkpoint", str),
+    "device": ("device", str),
+    "precision": ("precision", str),
+    "depth_mode": ("depth_mode", str),
+    "variant": ("variant", str),
+    "output_frame": ("output_frame", str),
+    "allow_untrained": ("allow_untrained", lambda s: s.lower() in ("1", "true", "yes")),
+}
+
+# node-relative input topic -> launch argument holding the remap target (KITTI bag topics by default)
+TOPIC_ARGS = {
+    "left/image_rect": ("left_image", "/kitti/camera_color_left/image_raw"),
+    "left/camera_info": ("left_info", "/kitti/camera_color_left/camera_info"),
+    "right/image_rect": ("right_image", "/kitti/camera_color_right/image_raw"),
+    "right/camera_info": ("right_info", "/kitti/camera_color_right/camera_info"),
+    "depth/image": ("depth_image", "/depth/image"),
+}
+
+
+def _node(context, *args, **kwargs):
+    config = LaunchConfiguration("config").perform(context)
+    overrides = {}
+    for arg, (param, cast) in PARAM_ARGS.items():
+        value = LaunchConfiguration(arg).perform(context)
+        if value != "":
+            overrides[param] = cast(value)
+    remaps = [(topic, LaunchConfiguration(arg).perform(context)) for topic, (arg, _) in TOPIC_ARGS.items()]
+    return [Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=LaunchConfiguration("node_name").perform(context),
+        namespace=LaunchConfiguration("namespace").perform(context),
+        parameters=[config, overrides] if overrides else [config],
+        remappings=remaps,
+        arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level").perform(context)],
+        output="screen",
+        emulate_tty=True,
+    )]
+
+
+def generate_launch_description():
+    share = get_package_share_directory(PACKAGE)
+    args = [
+        DeclareLaunchArgument("config", default_value=os.path.join(share, "config", "scanssc.yaml"),
+                              description="Params file for scanssc_node"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node"),
+        DeclareLaunchArgument("node_name", default_value="scanssc_node", description="Node name"),
+        DeclareLaunchArgument("log_level", default_value="info", description="Node log level"),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="Start RViz with rviz/scanssc.rviz"),
+        DeclareLaunchArgument("rviz_config", default_value=os.path.join(share, "rviz", "scanssc.rviz"),
+                              description="RViz config file"),
+    ]
+    args += [DeclareLaunchArgument(arg, default_value="", description=f"Override parameter '{param}' "
+                                   "(empty: keep the params file's value)")
+             for arg, (param, _) in PARAM_ARGS.items()]
+    args += [DeclareLaunchArgument(arg, default_value=default, description=f"Topic remapped to the node's '{topic}'")
+             for topic, (arg, default) in TOPIC_ARGS.items()]
+    rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                arguments=["-d", LaunchConfiguration("rviz_config")],
+                condition=IfCondition(LaunchConfiguration("use_rviz")))
+    return LaunchDescription(args + [OpaqueFunction(function=_node), rviz])

@@ -1,0 +1,49 @@
+"""pip-installable ROS-free core of scanssc_ros (model, data, metrics, bag tools, CLIs).
+
+The ROS package (messages, node executable, launch/config/rviz) is built by colcon from CMakeLists.txt; this file
+lets `pip install -e .` provide the library and the `scanssc-*` console scripts without ROS.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+CONSOLE_SCRIPTS = {
+    # name: module:function -- only modules that exist in this checkout are registered
+    "scanssc-train": "scanssc_ros.cli.train:main",
+    "scanssc-eval": "scanssc_ros.cli.evaluate:main",
+    "scanssc-infer": "scanssc_ros.cli.infer:main",
+    "scanssc-kitti2bag": "scanssc_ros.bag.kitti2bag:main",
+    "scanssc-play": "scanssc_ros.bag.play:main",
+    "scanssc-synth": "scanssc_ros.cli.synth:main",
+}
+
+
+def _existing(scripts):
+    here = Path(__file__).parent
+    out = []
+    for name, target in scripts.items():
+        module = target.split(":")[0]
+        if (here / (module.replace(".", "/") + ".py")).is_file():
+            out.append(f"{name}={target}")
+    return out
+
+
+setup(
+    name="scanssc_ros",
+    version="0.1.0",
+    description="ScanSSC camera-based 3D semantic scene completion in pure PyTorch, with a ROS 2 node",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["scanssc_ros", "scanssc_ros.*"]),
+    install_requires=[
+        "numpy",
+        "torch>=2.1",
+        "opencv-python-headless",
+        "pyyaml",
+        "tqdm",
+        "rosbags>=0.11,<0.12",
+        "matplotlib",
+    ],
+    extras_require={"render": ["open3d"], "test": ["pytest", "ruff"]},
+    entry_points={"console_scripts": _existing(CONSOLE_SCRIPTS)},
+)
