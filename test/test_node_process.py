@@ -51,7 +51,12 @@ def test_node_starts_joins_graph_and_stops_on_sigint(ros_context):
         assert appeared, f"node never appeared (exit code {proc.poll()})"
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
-        rc = proc.wait(timeout=10)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"no exit 30 s after SIGINT\nstdout:\n{out}\nstderr:\n{err}")
         elapsed = time.monotonic() - t0
     finally:
         if proc.poll() is None:

@@ -5,14 +5,17 @@ top of it (inputs -> Predictor -> voxel messages) without changing how parameter
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any, Dict, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 
 from scanssc_ros.ros.params import PARAMS, PARAMS_BY_NAME, ParameterError, ParamSpec
 
@@ -75,18 +78,28 @@ class ScanSSCNode(Node):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    rclpy.init(args=argv)
+    # Our own SIGINT/SIGTERM handling: rclpy's handlers did not reliably end spin() in the PyPI wheels, and a
+    # flag checked between short spin_once() calls also gives later worker threads one place to stop.
+    stop = threading.Event()
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         node = ScanSSCNode()
     except ParameterError as exc:
         print(f"[scanssc_node] invalid parameters: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        node.get_logger().info("shutting down")
+        executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
