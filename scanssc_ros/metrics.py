@@ -167,6 +167,15 @@ class SSCMetrics:
                 f"({p + 1}) {e[p]:.1f}..{e[p + 1]:.1f} m" for p in range(parts)))
         return "\n".join(rows + ranges)
 
+    def bin_table(self, axis: str) -> str:
+        """Per-index curve along ``axis`` as text: index, metric coordinate, recall / IoU / mIoU in %."""
+        s = self.bin_scores(axis)
+        rows = [f"{axis:>6s} {'m':>6s} {'R':>7s} {'IoU':>7s} {'mIoU':>7s}"]
+        for i, x in enumerate(self._axis_centres(axis)):
+            rows.append(f"{i:6d} {x:6.1f} {100 * s['recall'][i]:7.2f} {100 * s['iou'][i]:7.2f} "
+                        f"{100 * s['miou'][i]:7.2f}")
+        return "\n".join(rows)
+
     def plot_distance(self, path: Union[str, Path], title: str = "") -> Path:
         """PNG of recall / IoU / mIoU per index along each axis (Agg backend, no display needed)."""
         import matplotlib

@@ -105,6 +105,8 @@ def test_distance_table_and_plot(tmp_path):
     table = m.distance_table()
     assert "75.00" in table and "(4)" in table and "depth (x): (1) 0.0..0.8 m" in table
     assert "car" in m.class_table(["empty", "car"])
+    lines = m.bin_table("height").splitlines()
+    assert len(lines) == 5 and lines[2].split()[:4] == ["1", "-0.2", "75.00", "75.00"]
     png = m.plot_distance(tmp_path / "plots" / "distance.png", title="slab example")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
