@@ -218,3 +218,24 @@ def intrinsics_from_k_p(k: np.ndarray, p: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
         raise ValueError(f"unusable camera intrinsics (K and P give fx={K[0, 0]}, fy={K[1, 1]})")
     return K / K[2, 2]
+
+
+# ------------------------------------------------------------------------------ training data (datasets)
+def read_kitti_poses(path: Union[str, Path]) -> np.ndarray:
+    """KITTI odometry poses.txt -> (N, 4, 4): pose i maps camera-0 coordinates of frame i into the world
+    (the camera-0 frame of frame 0)."""
+    rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    if rows.shape[1] != 12:
+        raise ValueError(f"{path}: {rows.shape[1]} values per line, expected 12")
+    poses = np.tile(np.eye(4), (rows.shape[0], 1, 1))
+    poses[:, :3, :] = rows.reshape(-1, 3, 4)
+    return poses
+
+
+def velo_to_velo(pose_src: np.ndarray, pose_dst: np.ndarray, Tr: np.ndarray) -> np.ndarray:
+    """4x4 transform taking velodyne points of the ``src`` frame into the velodyne frame of ``dst``.
+
+    Poses are camera-0 poses (read_kitti_poses), ``Tr`` maps velodyne -> camera 0:
+    velo_src -> cam_src (Tr) -> world (pose_src) -> cam_dst (pose_dst^-1) -> velo_dst (Tr^-1).
+    """
+    return np.linalg.inv(Tr) @ np.linalg.inv(pose_dst) @ pose_src @ Tr

@@ -1,0 +1,121 @@
+"""The ScanSSC image pipeline: resize to the network width, keep the bottom rows, colour jitter, normalise.
+
+The geometry of the resize/crop lives in ``geometry.input_transform`` (``img_aug``); everything here applies that
+same matrix, so a pixel of the network input and the projection ``img_aug @ K`` always agree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+
+from scanssc_ros.geometry import input_transform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def load_rgb(path: Union[str, Path]) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _fit_rows(img: np.ndarray, out_h: int) -> np.ndarray:
+    """Keep the bottom ``out_h`` rows, or zero-pad at the top when the image is shorter."""
+    h = img.shape[0]
+    if h >= out_h:
+        return img[h - out_h:]
+    pad = np.zeros((out_h - h,) + img.shape[1:], img.dtype)
+    return np.concatenate([pad, img], axis=0)
+
+
+def resize_crop_image(img: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) image -> (out_h, out_w, C) image (bilinear) and the 3x3 ``img_aug`` that maps original pixels
+    to output pixels."""
+    img_aug, (rh, rw) = input_transform(img.shape[0], img.shape[1], out_hw)
+    resized = img if (rh, rw) == img.shape[:2] else cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return _fit_rows(resized, out_hw[0]), img_aug
+
+
+def resize_crop_depth(depth: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) -> np.ndarray:
+    """(H, W) depth map -> (out_h, out_w) by nearest sampling through ``img_aug``.
+
+    Nearest (not bilinear, as a PIL/cv2 resize would do) so that invalid pixels (0) are never blended into valid
+    depths and no depth is invented between a foreground and a background surface. Pixels that fall outside the
+    original image (top padding) are 0.
+    """
+    h, w = depth.shape[:2]
+    img_aug, _ = input_transform(h, w, out_hw)
+    s, tx, ty = img_aug[0, 0], img_aug[0, 2], img_aug[1, 2]
+    u = np.rint((np.arange(out_hw[1]) - tx) / s).astype(np.int64)
+    v = np.rint((np.arange(out_hw[0]) - ty) / s).astype(np.int64)
+    ok_u, ok_v = (u >= 0) & (u < w), (v >= 0) & (v < h)
+    out = np.zeros(out_hw, np.float32)
+    out[np.ix_(ok_v, ok_u)] = depth[np.ix_(v[ok_v], u[ok_u])]
+    return out
+
+
+def to_float_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _gray(img: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY_WEIGHTS, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img * w).sum(0, keepdim=True)
+
+
+def _blend(img: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
+    return (factor * img + (1.0 - factor) * other).clamp_(0.0, 1.0)
+
+
+def color_jitter(img: torch.Tensor, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random brightness / contrast / saturation on a (3, H, W) float image in [0, 1], in random order.
+
+    Each factor is drawn from U[max(0, 1 - s), 1 + s]; brightness scales the image, contrast blends it with its
+    mean grey level, saturation with its per-pixel grey image (the torchvision ColorJitter definitions, hue 0).
+    Random numbers come from torch so DataLoader workers get distinct streams.
+    """
+    def draw(s: float) -> float:
+        lo, hi = max(0.0, 1.0 - s), 1.0 + s
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    ops = torch.randperm(3, generator=generator).tolist()
+    factors = [draw(brightness), draw(contrast), draw(saturation)]
+    for op in ops:
+        f = factors[op]
+        if op == 0:
+            img = (img * f).clamp_(0.0, 1.0)
+        elif op == 1:
+            img = _blend(img, _gray(img).mean(), f)
+        else:
+            img = _blend(img, _gray(img), f)
+    return img
+
+
+def normalize(img: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img - mean) / std
+
+
+def prepare_image(img: np.ndarray, out_hw: Tuple[int, int] = (384, 1280), jitter: bool = False,
+                  generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """(H, W, 3) uint8 RGB -> normalised (3, out_h, out_w) float32 network input and ``img_aug``.
+
+    Jitter is applied after the resize/crop, as in the official pipeline, so a top-padded black band (KITTI-360)
+    takes part in the contrast mean exactly like the official PIL padding does.
+    """
+    out, img_aug = resize_crop_image(img, out_hw)
+    t = to_float_tensor(out)
+    if jitter:
+        t = color_jitter(t, generator=generator)
+    return normalize(t), img_aug
