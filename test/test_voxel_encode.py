@@ -157,6 +157,8 @@ def test_surface_of_a_solid_block_is_its_shell() -> None:
 def test_select_rejects_wrong_shapes() -> None:
     with pytest.raises(ValueError, match="grid dims"):
         select_voxels(np.zeros((2, 2, 2), np.uint8), grid=GRID)
+    with pytest.raises(ValueError, match="class_filter"):
+        select_voxels(np.ones(GRID.dims, np.uint8), class_filter=[1, 300], grid=GRID)
     with pytest.raises(ValueError, match="confidence shape"):
         select_voxels(np.ones(GRID.dims, np.uint8), confidence=np.ones((2, 2, 2)), conf_threshold=0.5, grid=GRID)
 

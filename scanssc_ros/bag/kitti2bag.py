@@ -128,7 +128,7 @@ def convert_sequence(seq_dir: Path, out_bag: Path, *, storage: str = "mcap", ver
         raise KittiBagError(f"{seq_dir / 'calib.txt'}: P3 missing")
     times = np.loadtxt(seq_dir / "times.txt", dtype=np.float64, ndmin=1)
     available = set(_available_frames(seq_dir))
-    wanted = sorted(available) if frames is None else list(frames)
+    wanted = sorted(available) if frames is None else sorted(set(int(f) for f in frames))
     missing = [f for f in wanted if f not in available or f >= times.size]
     if missing:
         raise KittiBagError(f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} have no image_2 png or no "

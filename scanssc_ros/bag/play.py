@@ -1,7 +1,7 @@
 """Replay a rosbag2 through rclpy without ros2cli: ``scanssc-play``.
 
     scanssc-play BAG [--rate 1.0] [--loop] [--remap OLD:=NEW ...] [--start-delay 1.0] [--topics T ...]
-                 [--clock [HZ]] [--best-effort] [--depth 10]
+                 [--clock [HZ]] [--best-effort] [--depth 10] [--wait-subscribers SEC]
 
 The bag is read with rosbags (``AnyReader``, MCAP or sqlite3) and every message is published as the raw CDR bytes
 stored in the bag: rclpy's ``Publisher.publish`` accepts serialized bytes, and bags hold exactly the CDR a ROS 2
@@ -164,8 +164,14 @@ def play_messages(messages: Iterable[Tuple[str, int, bytes]], publish: Callable[
 def play_bag(node: Any, reader: Any, *, rate: float = 1.0, topics: Optional[Sequence[str]] = None,
              remap: Optional[Dict[str, str]] = None, reliable: bool = True, depth: int = 10,
              clock_hz: Optional[float] = None, loops: Optional[int] = 1, start_delay: float = 0.0,
-             log: Callable[[str], None] = print) -> PlayStats:
-    """Publish the bag's messages from ``node``; ``loops=None`` repeats until interrupted."""
+             wait_subscribers: float = 0.0, log: Callable[[str], None] = print) -> PlayStats:
+    """Publish the bag's messages from ``node``; ``loops=None`` repeats until interrupted.
+
+    ``wait_subscribers`` (seconds) first waits until every volatile publisher has a subscriber, so nothing is published
+    before discovery has matched it; at the end, reliable publishers wait (up to 5 s) until subscribers have
+    acknowledged everything, so a short playback is not cut off by the process exiting.
+    """
+    from rclpy.duration import Duration
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     remap = remap or {}
@@ -203,6 +209,15 @@ def play_bag(node: Any, reader: Any, *, rate: float = 1.0, topics: Optional[Sequ
         def clock_cb(t_ns: int) -> None:
             clock_pub.publish(Clock(clock=Time(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)))
 
+    if wait_subscribers > 0:
+        # transient-local topics are kept for late joiners, so they need not wait
+        volatile = {name: p for name, p in publishers.items() if not infos[name].transient_local}
+        deadline = time.monotonic() + wait_subscribers
+        while time.monotonic() < deadline and any(p.get_subscription_count() == 0 for p in volatile.values()):
+            time.sleep(0.05)
+        lonely = [name for name, p in volatile.items() if p.get_subscription_count() == 0]
+        if lonely:
+            log(f"scanssc-play: no subscriber after {wait_subscribers:.1f} s on {', '.join(lonely)}; playing anyway")
     if start_delay > 0:
         time.sleep(start_delay)  # lets subscribers discover the publishers before the first message
     stats = PlayStats()
@@ -211,6 +226,9 @@ def play_bag(node: Any, reader: Any, *, rate: float = 1.0, topics: Optional[Sequ
         play_messages(iter_raw(reader, publishers), lambda topic, raw: publishers[topic].publish(raw), rate=rate,
                       clock=clock_cb, clock_hz=clock_hz or 40.0, stats=stats)
         stats.loops += 1
+    if reliable:
+        for pub in publishers.values():
+            pub.wait_for_all_acked(Duration(seconds=5))
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -223,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remap", nargs="+", default=[], metavar="OLD:=NEW", help="rename topics")
     p.add_argument("--start-delay", type=float, default=1.0,
                    help="seconds between creating the publishers and the first message (default 1)")
+    p.add_argument("--wait-subscribers", type=float, default=0.0, metavar="SEC",
+                   help="wait up to SEC seconds until every topic has a subscriber (default 0: do not wait)")
     p.add_argument("--topics", nargs="+", default=None, help="only these recorded topics")
     p.add_argument("--clock", nargs="?", type=float, const=40.0, default=None, metavar="HZ",
                    help="publish /clock at HZ (default 40 when given without a value)")
@@ -254,6 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stats = play_bag(node, reader, rate=args.rate, topics=args.topics, remap=remap,
                          reliable=not args.best_effort, depth=args.depth, clock_hz=args.clock,
                          loops=None if args.loop else 1, start_delay=args.start_delay,
+                         wait_subscribers=args.wait_subscribers,
                          log=lambda s: print(s, file=sys.stderr))
     except BagError as exc:
         print(f"scanssc-play: error: {exc}", file=sys.stderr)

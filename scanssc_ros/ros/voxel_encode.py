@@ -86,8 +86,11 @@ def select_voxels(labels: np.ndarray, confidence: Optional[np.ndarray] = None, c
         raise ValueError(f"labels shape {labels.shape} does not match grid dims {grid.dims}")
     keep = surface_mask(labels) if surface_only else occupied_mask(labels)
     if class_filter is not None:
+        ids = np.asarray(list(class_filter), np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() > 255):
+            raise ValueError(f"class_filter ids must be in [0, 255], got {sorted(set(ids.tolist()))}")
         wanted = np.zeros(256, bool)
-        wanted[np.asarray(list(class_filter), np.int64)] = True
+        wanted[ids] = True
         keep &= wanted[labels]
     if confidence is not None and conf_threshold > 0:
         if np.shape(confidence) != labels.shape:
