@@ -239,3 +239,47 @@ def velo_to_velo(pose_src: np.ndarray, pose_dst: np.ndarray, Tr: np.ndarray) -> 
     velo_src -> cam_src (Tr) -> world (pose_src) -> cam_dst (pose_dst^-1) -> velo_dst (Tr^-1).
     """
     return np.linalg.inv(Tr) @ np.linalg.inv(pose_dst) @ pose_src @ Tr
+
+
+# ------------------------------------------------------------------------- ROS messages and bags (rostools)
+def rotation_to_quaternion(R: np.ndarray) -> Tuple[float, float, float, float]:
+    """3x3 rotation matrix -> unit quaternion (x, y, z, w) with w >= 0, as geometry_msgs/Quaternion wants.
+
+    The matrix is first projected onto the nearest rotation (SVD) so a slightly non-orthogonal calibration such
+    as KITTI's ``Tr`` still gives a unit quaternion. Uses the largest-diagonal branch for numerical stability.
+    """
+    u, _, vt = np.linalg.svd(np.asarray(R, np.float64)[:3, :3])
+    m = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
+    tr = np.trace(m)
+    if tr > 0:
+        s = 2.0 * np.sqrt(tr + 1.0)
+        q = np.array([(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s])
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = np.empty(4)
+        q[i] = 0.25 * s
+        q[j] = (m[j, i] + m[i, j]) / s
+        q[k] = (m[k, i] + m[i, k]) / s
+        q[3] = (m[k, j] - m[j, k]) / s
+    q /= np.linalg.norm(q)
+    if q[3] < 0:
+        q = -q
+    return float(q[0]), float(q[1]), float(q[2]), float(q[3])
+
+
+def quaternion_to_rotation(q: Tuple[float, float, float, float]) -> np.ndarray:
+    """Quaternion (x, y, z, w) -> 3x3 rotation matrix (normalises the quaternion first)."""
+    x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def voxel_center_of_flat(flat: np.ndarray, grid: GridSpec = SEMANTIC_KITTI_GRID) -> np.ndarray:
+    """C-order flat voxel indices (N,) -> (N, 3) float64 voxel-centre coordinates in the grid frame."""
+    idx = np.stack(np.unravel_index(np.asarray(flat, np.int64), grid.dims), axis=-1)
+    return np.asarray(grid.origin, np.float64) + (idx + 0.5) * grid.voxel_size
