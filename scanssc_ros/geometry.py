@@ -69,7 +69,7 @@ class GridSpec:
     def upper(self) -> Tuple[float, float, float]:
         return tuple(o + d * self.voxel_size for o, d in zip(self.origin, self.dims))
 
-    def scaled(self, factor: int) -> "GridSpec":
+    def scaled(self, factor: int) -> GridSpec:
         """The same volume at ``factor`` times coarser voxels (e.g. 2 -> 128x128x16 at 0.4 m)."""
         if any(d % factor for d in self.dims):
             raise ValueError(f"grid dims {self.dims} not divisible by {factor}")
