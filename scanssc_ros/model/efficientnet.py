@@ -1,0 +1,144 @@
+"""EfficientNet image backbone (mmdet/mmcls flavour: Swish, BN eps 1e-3, TF "SAME" padding, drop path).
+
+Compound scaling: channels x ``width`` rounded to multiples of 8, block repeats of each same-width group x
+``depth`` rounded up. width=2.0, depth=3.1 is B7. ``forward`` returns the outputs of stages 2..6, i.e. strides
+4, 8, 16, 32, 32 (the last one after the 1x1 head conv), as ScanSSC uses them (out_indices (2,3,4,5,6)).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (kernel, base channels, stride, expand ratio, repeats) per same-width group; groups nested per stage.
+_STAGES: Tuple[Tuple[Tuple[int, int, int, int, int], ...], ...] = (
+    ((3, 16, 1, 1, 1),),
+    ((3, 24, 2, 6, 2),),
+    ((5, 40, 2, 6, 2),),
+    ((3, 80, 2, 6, 3), (5, 112, 1, 6, 3)),
+    ((5, 192, 2, 6, 4), (3, 320, 1, 6, 1)),
+)
+_STEM, _HEAD = 32, 1280
+
+
+def make_divisible(value: float, divisor: int = 8, min_ratio: float = 0.9) -> int:
+    new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return new + divisor if new < min_ratio * value else new
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding: the total padding depends on the input size and any odd pixel
+    goes to the bottom/right. Stride-1 convolutions reduce to the usual symmetric padding."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False):
+        super().__init__(cin, cout, k, stride=stride, padding=0 if stride > 1 else k // 2, groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] == 1:
+            return super().forward(x)
+        ih, iw = x.shape[-2:]
+        k, s = self.kernel_size[0], self.stride[0]
+        ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+        pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return super().forward(x)
+
+
+class ConvBNAct(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True,
+                 eps: float = 1e-3) -> None:
+        super().__init__()
+        self.conv = Conv2dSame(cin, cout, k, stride, groups)
+        self.bn = nn.BatchNorm2d(cout, eps=eps)
+        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SELayer(nn.Module):
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, squeeze, 1)
+        self.conv2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.conv2(F.silu(self.conv1(s))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on the residual branch, per sample."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class InvertedResidual(nn.Module):
+    """MBConv: 1x1 expand -> depthwise kxk -> SE -> 1x1 project (+ residual with drop path)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int, drop_path: float,
+                 eps: float = 1e-3) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand_conv = ConvBNAct(cin, mid, 1, eps=eps) if expand != 1 else None
+        self.depthwise_conv = ConvBNAct(mid, mid, k, stride, groups=mid, eps=eps)
+        self.se = SELayer(mid, make_divisible(cin / 4, 8))
+        self.linear_conv = ConvBNAct(mid, cout, 1, act=False, eps=eps)
+        self.residual = stride == 1 and cin == cout
+        self.drop_path = DropPath(drop_path) if self.residual else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand_conv(x) if self.expand_conv is not None else x
+        y = self.linear_conv(self.se(self.depthwise_conv(y)))
+        return x + self.drop_path(y) if self.residual else y
+
+
+class EfficientNet(nn.Module):
+    def __init__(self, width: float = 2.0, depth: float = 3.1, drop_path_rate: float = 0.2,
+                 bn_eps: float = 1e-3) -> None:
+        super().__init__()
+        groups = [[(k, make_divisible(c * width), s, e, int(math.ceil(n * depth))) for k, c, s, e, n in stage]
+                  for stage in _STAGES]
+        total = sum(n for stage in groups for *_, n in stage)
+        rates = torch.linspace(0, drop_path_rate, total).tolist() if total > 1 else [0.0]
+        stem = make_divisible(_STEM * width)
+        self.layers = nn.ModuleList([ConvBNAct(3, stem, 3, stride=2, eps=bn_eps)])
+        cin, bi = stem, 0
+        self.out_channels: List[int] = []
+        for stage in groups:
+            blocks = []
+            for k, c, s, e, n in stage:
+                for i in range(n):
+                    blocks.append(InvertedResidual(cin, c, k, s if i == 0 else 1, e, rates[bi], bn_eps))
+                    cin, bi = c, bi + 1
+            self.layers.append(nn.Sequential(*blocks))
+            self.out_channels.append(cin)
+        head = make_divisible(_HEAD * width)
+        self.layers.append(ConvBNAct(cin, head, 1, eps=bn_eps))
+        self.out_channels = self.out_channels[1:] + [head]  # channels of stages 2..6
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i >= 2:
+                outs.append(x)
+        return outs
+
+
+def feature_channels(width: float) -> Sequence[int]:
+    """Channels of the five backbone outputs for a width multiplier (without building the network)."""
+    per_stage = [make_divisible(stage[-1][1] * width) for stage in _STAGES]
+    return per_stage[1:] + [make_divisible(_HEAD * width)]

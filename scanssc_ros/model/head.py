@@ -1,0 +1,25 @@
+"""OccHead: 3x3x3 conv -> GN -> ReLU -> 1x1x1 conv to class logits, then trilinear x2 to the label grid."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class OccHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, out_size: Tuple[int, int, int], gn_groups: int = 32) -> None:
+        super().__init__()
+        mid = in_channels // 2
+        self.out_size = tuple(out_size)
+        self.occ_convs = nn.ModuleList([nn.Sequential(
+            nn.Conv3d(in_channels, mid, 3, padding=1, bias=False),
+            nn.GroupNorm(gn_groups, mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, num_classes, 1, bias=False),
+        )])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.occ_convs[0](x)
+        return F.interpolate(logits, size=self.out_size, mode="trilinear", align_corners=False)

@@ -1,0 +1,43 @@
+"""Small building blocks shared by several model files."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _SafeBatchNorm:
+    """BatchNorm that falls back to its running statistics (without updating them) when a training batch has a
+    single value per channel, where batch statistics are undefined. The official model only avoided this case
+    through SyncBN over 4 GPUs; single-GPU batch-1 training would otherwise fail on the camera vector BN and the
+    ASPP image-pooling BN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() // x.shape[1] <= 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class SafeBatchNorm1d(_SafeBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class SafeBatchNorm2d(_SafeBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class LearnedPositionalEncoding(nn.Module):
+    """mmdet LearnedPositionalEncoding: for an (h, w) map, pos[i, j] = [col_embed(j) | row_embed(i)]."""
+
+    def __init__(self, num_feats: int, row_num_embed: int, col_num_embed: int) -> None:
+        super().__init__()
+        self.row_embed = nn.Embedding(row_num_embed, num_feats)
+        self.col_embed = nn.Embedding(col_num_embed, num_feats)
+        nn.init.uniform_(self.row_embed.weight)
+        nn.init.uniform_(self.col_embed.weight)
+
+    def forward(self, h: int, w: int) -> torch.Tensor:
+        """(h, w, 2 * num_feats)."""
+        col = self.col_embed.weight[:w]
+        row = self.row_embed.weight[:h]
+        return torch.cat([col[None, :, :].expand(h, w, -1), row[:, None, :].expand(h, w, -1)], dim=-1)

@@ -1,0 +1,73 @@
+"""LSS lift-splat: every feature pixel is lifted to every depth bin, weighted by its depth probability, and the
+context features are sum-pooled into the processing voxel grid.
+
+Frustum: u = linspace(0, W-1, w), v = linspace(0, H-1, h) in network-input pixels, d = the bin centres. Points
+are back-projected with ``geometry.unproject_pixels`` (undoes the resize/crop, then the camera chain).
+
+Official quirk kept: voxel indices are computed with a truncating cast (``.long()``), so a point up to one voxel
+*below* a lower bound still lands in index 0; points outside are dropped. ``geometry.points_to_voxels`` uses
+floor and would drop them, which is why the model does its own indexing here.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from scanssc_ros.geometry import GridSpec, unproject_pixels
+
+_MAX_ROWS_X_CH = 1 << 24  # lifted elements pooled per chunk
+
+
+def depth_bin_centers(dbound: Tuple[float, float, float], num_bins: int, device=None) -> torch.Tensor:
+    start, _, step = dbound
+    return start + step * torch.arange(num_bins, dtype=torch.float32, device=device)
+
+
+def frustum_points(K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor, input_size: Tuple[int, int],
+                   feat_size: Tuple[int, int], dbound: Tuple[float, float, float], num_bins: int) -> torch.Tensor:
+    """(B, D, h, w, 3) grid-frame coordinates of the frustum points."""
+    B = K.shape[0]
+    H, W = input_size
+    h, w = feat_size
+    dev = K.device
+    u = torch.linspace(0, W - 1, w, device=dev)
+    v = torch.linspace(0, H - 1, h, device=dev)
+    d = depth_bin_centers(dbound, num_bins, dev)
+    uv = torch.stack(torch.meshgrid(v, u, indexing="ij")[::-1], dim=-1)  # h,w,2 as (u, v)
+    uv = uv[None].expand(num_bins, h, w, 2).reshape(1, -1, 2).expand(B, -1, -1)
+    dd = d[:, None, None].expand(num_bins, h, w).reshape(1, -1).expand(B, -1)
+    pts = unproject_pixels(uv, dd, K.float(), T_cam_grid.float(), img_aug.float())
+    return pts.view(B, num_bins, h, w, 3)
+
+
+def truncated_voxel_index(points: torch.Tensor, grid: GridSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Points (..., 3) -> flat voxel index (...) and inside mask, with the official truncation toward zero."""
+    origin = torch.as_tensor(grid.origin, dtype=points.dtype, device=points.device)
+    idx = ((points - origin) / grid.voxel_size).long()
+    dims = torch.as_tensor(grid.dims, device=points.device)
+    inside = ((idx >= 0) & (idx < dims)).all(-1)
+    flat = (idx[..., 0] * grid.dims[1] + idx[..., 1]) * grid.dims[2] + idx[..., 2]
+    return flat, inside
+
+
+def lss_pool(context: torch.Tensor, depth: torch.Tensor, points: torch.Tensor, grid: GridSpec) -> torch.Tensor:
+    """Sum-pool context (B, C, h, w) x depth (B, D, h, w) at frustum points (B, D, h, w, 3).
+    Returns the volume (B, C, X, Y, Z) in float32."""
+    B, C, h, w = context.shape
+    D = depth.shape[1]
+    N = grid.num_voxels
+    flat, inside = truncated_voxel_index(points, grid)  # B,D,h,w
+    flat = flat + (torch.arange(B, device=flat.device) * N)[:, None, None, None]
+    with torch.autocast(device_type=context.device.type, enabled=False):
+        ctx = context.float().permute(0, 2, 3, 1)  # B,h,w,C
+        dep = depth.float()
+        out = ctx.new_zeros(B * N, C)
+        step = max(1, _MAX_ROWS_X_CH // max(1, B * h * w * C))
+        for d0 in range(0, D, step):
+            d1 = min(D, d0 + step)
+            src = dep[:, d0:d1, :, :, None] * ctx[:, None]  # B,d,h,w,C
+            keep = inside[:, d0:d1]
+            out.index_add_(0, flat[:, d0:d1][keep], src[keep])
+        X, Y, Z = grid.dims
+        return out.view(B, X, Y, Z, C).permute(0, 4, 1, 2, 3)

@@ -1,0 +1,114 @@
+"""The three "spatial mixing nets" (one per Scan block output) and their softmax-weighted fusion.
+
+Each mixer is CGFormer's LocalAggregator: a 3-stage 3D ResNet (BasicBlock3D, strides 1/2/2) and a top-down
+GeneralizedLSSFPN (upsample -> concat -> 1x1x1 conv -> 3x3x3 conv, GN + ReLU) keeping only the finest output.
+Fusion: w = softmax(Conv3d([F_dep, F_hgt, F_wid]) over 3 channels), out = sum_a w_a * F_a.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvModule3d(nn.Module):
+    """Conv3d (no bias) + BN3d or GN + optional ReLU, named like mmcv's ConvModule."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "bn", gn_groups: int = 32,
+                 act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+        self.norm_name = norm
+        if norm == "bn":
+            self.bn = nn.BatchNorm3d(cout)
+        else:
+            self.gn = nn.GroupNorm(gn_groups, cout)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = self.bn(x) if self.norm_name == "bn" else self.gn(x)
+        return F.relu(x, inplace=True) if self.act else x
+
+
+class BasicBlock3D(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, downsample: bool = False) -> None:
+        super().__init__()
+        self.conv1 = ConvModule3d(cin, cout, 3, stride)
+        self.conv2 = ConvModule3d(cout, cout, 3, act=False)
+        self.downsample = ConvModule3d(cin, cout, 3, stride, act=False) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.downsample(x) if self.downsample is not None else x
+        return F.relu(self.conv2(self.conv1(x)) + identity, inplace=True)
+
+
+class CustomResNet3D(nn.Module):
+    def __init__(self, cin: int, blocks: Sequence[int], channels: Sequence[int], strides: Sequence[int]) -> None:
+        super().__init__()
+        layers = []
+        for n, c, s in zip(blocks, channels, strides):
+            # the first block of every stage has a projection shortcut, even at stride 1 with equal widths
+            stage = [BasicBlock3D(cin, c, s, downsample=True)] + [BasicBlock3D(c, c) for _ in range(n - 1)]
+            layers.append(nn.Sequential(*stage))
+            cin = c
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+class GeneralizedLSSFPN(nn.Module):
+    def __init__(self, in_channels: Sequence[int], out_channels: int, gn_groups: int) -> None:
+        super().__init__()
+        n = len(in_channels)
+        self.lateral_convs = nn.ModuleList()
+        self.fpn_convs = nn.ModuleList()
+        for i in range(n - 1):
+            extra = in_channels[i + 1] if i == n - 2 else out_channels
+            self.lateral_convs.append(
+                ConvModule3d(in_channels[i] + extra, out_channels, 1, norm="gn", gn_groups=gn_groups))
+            self.fpn_convs.append(ConvModule3d(out_channels, out_channels, 3, norm="gn", gn_groups=gn_groups))
+
+    def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for i in range(len(feats) - 2, -1, -1):
+            up = F.interpolate(x, size=feats[i].shape[2:], mode="trilinear", align_corners=False)
+            x = self.fpn_convs[i](self.lateral_convs[i](torch.cat([feats[i], up], dim=1)))
+        return x
+
+
+class SpatialMixingNet(nn.Module):
+    def __init__(self, cin: int, blocks: Sequence[int], channels: Sequence[int], strides: Sequence[int],
+                 out_channels: int, gn_groups: int) -> None:
+        super().__init__()
+        self.local_encoder_backbone = CustomResNet3D(cin, blocks, channels, strides)
+        self.local_encoder_neck = GeneralizedLSSFPN(list(channels), out_channels, gn_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.local_encoder_neck(self.local_encoder_backbone(x))
+
+
+class Fuser(nn.Module):
+    def __init__(self, cin: int, blocks: Sequence[int], channels: Sequence[int], strides: Sequence[int],
+                 out_channels: int, gn_groups: int) -> None:
+        super().__init__()
+        args = (cin, blocks, channels, strides, out_channels, gn_groups)
+        self.depth_mixer = SpatialMixingNet(*args)
+        self.height_mixer = SpatialMixingNet(*args)
+        self.width_mixer = SpatialMixingNet(*args)
+        self.combine_coeff = nn.Sequential(nn.Conv3d(3 * out_channels, 3, 1, bias=False), nn.Softmax(dim=1))
+
+    def forward(self, depth_feats: torch.Tensor, height_feats: torch.Tensor, width_feats: torch.Tensor
+                ) -> torch.Tensor:
+        d = self.depth_mixer(depth_feats)
+        h = self.height_mixer(height_feats)
+        w = self.width_mixer(width_feats)
+        wts = self.combine_coeff(torch.cat([d, h, w], dim=1))
+        return d * wts[:, 0:1] + h * wts[:, 1:2] + w * wts[:, 2:3]

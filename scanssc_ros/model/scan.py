@@ -1,0 +1,119 @@
+"""Scan Module (ScanSSC's contribution): three parallel axis-wise masked self-attention blocks.
+
+Each block is one pre-norm transformer layer run over every 1D sequence of the volume along its axis:
+
+    x <- x + Drop(MHA(q = k = LN1(x) + pos, v = LN1(x), mask))
+    x <- x + Drop(W2 ReLU(W1 LN2(x)))
+
+Allowed keys for query index q on a sequence of length L (mask True = blocked):
+
+- depth (x, 0 = ego):    {0 .. max(q, L/2 - 1)}  (near half mutually visible, far voxels causal toward the ego)
+- height (z, 0 = bottom): {q .. L-1}              (each voxel sees itself and everything above it)
+- width (y, centre between L/2-1 and L/2): [min(q, L-1-q), max(q, L-1-q)] U [L/4, 3L/4)
+
+The positional encoding is the official quirk: pos[x, y, z] = [col_emb(z) | row_emb(y)], constant along x.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AXES = ("depth", "width", "height")
+
+
+def scan_mask(axis: str, L: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """(L, L) bool attention mask, True = blocked (row = query, column = key)."""
+    q = torch.arange(L, device=device)[:, None]
+    k = torch.arange(L, device=device)[None, :]
+    if axis == "depth":
+        allowed = k <= torch.clamp(q, min=L // 2 - 1)
+    elif axis == "height":
+        allowed = k >= q
+    elif axis == "width":
+        lo, hi = torch.minimum(q, L - 1 - q), torch.maximum(q, L - 1 - q)
+        allowed = ((k >= lo) & (k <= hi)) | ((k >= L // 4) & (k < L - L // 4))
+    else:
+        raise ValueError(f"unknown scan axis {axis!r}; known: {AXES}")
+    return ~allowed
+
+
+def masked_attention(attn: nn.MultiheadAttention, qk_in: torch.Tensor, v_in: torch.Tensor, blocked: torch.Tensor,
+                     dropout_p: float, chunk: int) -> torch.Tensor:
+    """Batched ``attn`` over sequences (S, L, C) with a shared (L, L) mask, using the module's own weights.
+    Sequences are processed ``chunk`` at a time to bound the attention-matrix memory."""
+    S, L, C = qk_in.shape
+    nH = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    allowed = ~blocked
+    outs = []
+    for s0 in range(0, S, chunk):
+        qk, vv = qk_in[s0:s0 + chunk], v_in[s0:s0 + chunk]
+        n = qk.shape[0]
+        q = F.linear(qk, w[:C], b[:C]).view(n, L, nH, C // nH).transpose(1, 2)
+        k = F.linear(qk, w[C:2 * C], b[C:2 * C]).view(n, L, nH, C // nH).transpose(1, 2)
+        v = F.linear(vv, w[2 * C:], b[2 * C:]).view(n, L, nH, C // nH).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        outs.append(o.transpose(1, 2).reshape(n, L, C))
+    out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+    return attn.out_proj(out)
+
+
+class ScanBlockLayer(nn.Module):
+    def __init__(self, embed_dims: int, dim_feedforward: int, num_heads: int, axis: str, dropout: float = 0.1,
+                 chunk: int = 1024) -> None:
+        super().__init__()
+        self.axis, self.dropout, self.chunk = axis, dropout, chunk
+        self.attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
+        self.drop1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.linear1 = nn.Linear(embed_dims, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, embed_dims)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (S, L, C) sequences along this layer's axis; pos broadcastable to x."""
+        blocked = scan_mask(self.axis, x.shape[1], x.device)
+        xn = self.norm1(x)
+        qk = xn + pos if pos is not None else xn
+        p = self.dropout if self.training else 0.0
+        x = x + self.drop1(masked_attention(self.attn, qk, xn, blocked, p, self.chunk))
+        return x + self.drop2(self.linear2(F.relu(self.linear1(self.norm2(x)))))
+
+
+class ScanBlock(nn.Module):
+    """Runs a ScanBlockLayer over every sequence of a (B, X, Y, Z, C) volume along its axis."""
+
+    def __init__(self, embed_dims: int, num_heads: int, dim_feedforward: int, axis: str, dropout: float = 0.1,
+                 chunk: int = 1024) -> None:
+        super().__init__()
+        if axis not in AXES:
+            raise ValueError(f"unknown scan axis {axis!r}; known: {AXES}")
+        self.axis = axis
+        self.scanblocklayer = ScanBlockLayer(embed_dims, dim_feedforward, num_heads, axis, dropout, chunk)
+
+    def forward(self, vol: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """vol (B, X, Y, Z, C); pos (Y, Z, C). Returns (B, X, Y, Z, C)."""
+        B, X, Y, Z, C = vol.shape
+        if self.axis == "depth":
+            seq = vol.permute(0, 2, 3, 1, 4)  # B,Y,Z,X,C
+            p = pos[:, :, None, :].expand(Y, Z, X, C)
+        elif self.axis == "width":
+            seq = vol.permute(0, 1, 3, 2, 4)  # B,X,Z,Y,C
+            p = pos.permute(1, 0, 2)[None].expand(X, Z, Y, C)
+        else:
+            seq = vol  # B,X,Y,Z,C
+            p = pos[None].expand(X, Y, Z, C)
+        shape = seq.shape
+        L = shape[3]
+        s = seq.reshape(-1, L, C)
+        p = p.reshape(1, -1, L, C).expand(B, -1, -1, -1).reshape(-1, L, C)
+        out = self.scanblocklayer(s, p).view(shape)
+        if self.axis == "depth":
+            return out.permute(0, 3, 1, 2, 4)
+        if self.axis == "width":
+            return out.permute(0, 1, 3, 2, 4)
+        return out

@@ -1,0 +1,176 @@
+"""numpy image + camera (+ stereo depth) -> voxel labels and confidences. The one inference entry point used by
+the ROS node, the CLIs and the demo; it imports no ROS.
+
+Pre-processing follows the ScanSSC pipeline: resize so the width becomes the network input width (cv2 area /
+linear interpolation), keep the bottom rows (``geometry.input_transform``), ImageNet normalisation. A stereo
+depth map gets the same transform; it is resized with a *minimum-preserving* nearest rule (each output pixel
+takes the smallest valid depth of the source pixels it covers) so thin foreground structures are not replaced
+by background, and invalid pixels (NaN, inf, <= 0) stay invalid (0).
+
+``mark_unseen``: optionally set voxels whose centre does not project into the image (or lies behind the camera)
+to 255 (unknown). Off by default: the official evaluation scores every voxel, including those out of view.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from scanssc_ros import geometry
+from scanssc_ros.checkpoint import load
+from scanssc_ros.config import ModelConfig
+from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
+from scanssc_ros.model.timing import stage
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+UNKNOWN = 255
+_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8 (X, Y, Z) class ids; 255 = unknown (only with mark_unseen)
+    confidence: np.ndarray  # uint8 (X, Y, Z) = round(255 * max softmax probability)
+    timings: Dict[str, float]  # milliseconds per stage
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build/machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r} (use 'cpu', 'cuda' or 'cuda:N')")
+    return dev
+
+
+def resize_depth_min(depth: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
+    """Resize a metric depth map to (h, w). Shrinking an axis takes the minimum valid depth over each output
+    pixel's footprint; growing it takes the nearest source pixel. Invalid (NaN, inf, <= 0) -> 0."""
+    a = np.where(np.isfinite(depth) & (depth > 0), depth, np.inf).astype(np.float32)
+    for axis, n in enumerate(out_hw):
+        N = a.shape[axis]
+        if n <= N:
+            starts = np.floor(np.arange(n) * N / n).astype(np.int64)  # contiguous footprints [start_i, start_i+1)
+            a = np.minimum.reduceat(a, starts, axis=axis)
+        else:
+            a = np.take(a, np.floor((np.arange(n) + 0.5) * N / n).astype(np.int64), axis=axis)
+    return np.where(np.isfinite(a), a, 0.0).astype(np.float32)
+
+
+class Predictor:
+    def __init__(self, model_or_checkpoint: Union[str, Path, nn.Module], device: Union[str, torch.device] = "cpu",
+                 precision: str = "fp32", config: Optional[ModelConfig] = None, mark_unseen: bool = False) -> None:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 autocast is not supported on CPU; use 'bf16' or 'fp32'")
+        self.precision = precision
+        self.mark_unseen = mark_unseen
+        if isinstance(model_or_checkpoint, nn.Module):
+            cfg = config if config is not None else getattr(model_or_checkpoint, "config", None)
+            if not isinstance(cfg, ModelConfig):
+                raise ValueError("a preloaded model needs its ModelConfig (pass config=...)")
+            self.model, self.config = model_or_checkpoint, cfg
+        else:
+            self.model, self.config, _ = load(model_or_checkpoint, map_location="cpu")
+        self.model = self.model.to(self.device).eval()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, **kwargs) -> Predictor:
+        """An untrained model (random weights): for wiring tests and benchmarks only."""
+        return cls(ScanSSC(config), config=config, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def _validate(self, image: np.ndarray, K: np.ndarray, T: np.ndarray, stereo: Optional[np.ndarray]) -> None:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be a uint8 HxWx3 RGB array, got {desc}")
+        if image.shape[0] < 8 or image.shape[1] < 8:
+            raise ValueError(f"image too small: {image.shape}")
+        for name, m, shape in (("K", K, (3, 3)), ("T_cam_grid", T, (4, 4))):
+            m = np.asarray(m)
+            if m.shape != shape:
+                raise ValueError(f"{name} must be {shape}, got {m.shape}")
+            if not np.all(np.isfinite(m)):
+                raise ValueError(f"{name} contains non-finite values")
+        K = np.asarray(K, np.float64)
+        if K[0, 0] <= 0 or K[1, 1] <= 0 or abs(K[2, 2] - 1.0) > 1e-6 or np.any(K[2, :2] != 0):
+            raise ValueError(f"K is not a pinhole intrinsics matrix: {K.tolist()}")
+        if abs(np.linalg.det(np.asarray(T, np.float64)[:3, :3]) - 1.0) > 1e-3:
+            raise ValueError("T_cam_grid rotation block is not a rotation (det != 1)")
+        if stereo is not None:
+            if not isinstance(stereo, np.ndarray) or stereo.ndim != 2 or stereo.shape != image.shape[:2]:
+                desc = stereo.shape if isinstance(stereo, np.ndarray) else type(stereo).__name__
+                raise ValueError(f"stereo_depth must be an HxW array matching the image {image.shape[:2]}, got {desc}")
+            if not np.issubdtype(stereo.dtype, np.floating):
+                raise ValueError(f"stereo_depth must be float metres, got {stereo.dtype}")
+
+    # ------------------------------------------------------------------------------------------ inference
+    def preprocess(self, image: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray,
+                   stereo_depth: Optional[np.ndarray] = None) -> ModelInputs:
+        self._validate(image, K, T_cam_grid, stereo_depth)
+        H, W = self.config.input_size
+        aug, (rh, rw) = geometry.input_transform(image.shape[0], image.shape[1], (H, W))
+        interp = cv2.INTER_AREA if rw < image.shape[1] else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (rw, rh), interpolation=interp)
+        img = _crop_bottom(resized, H)
+        x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        to = dict(device=self.device)
+        sd = None
+        if stereo_depth is not None:
+            d = _crop_bottom(resize_depth_min(stereo_depth, (rh, rw)), H)
+            sd = torch.from_numpy(np.ascontiguousarray(d))[None, None].to(**to)
+        return ModelInputs(
+            image=torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(**to),
+            K=torch.as_tensor(np.asarray(K, np.float32))[None].to(**to),
+            T_cam_grid=torch.as_tensor(np.asarray(T_cam_grid, np.float32))[None].to(**to),
+            img_aug=torch.as_tensor(aug.astype(np.float32))[None].to(**to),
+            stereo_depth=sd)
+
+    def unseen_mask(self, K: np.ndarray, T_cam_grid: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
+        """(X, Y, Z) bool: voxel centres that do not project into the original image."""
+        centers = geometry.voxel_centers(self.config.grid).reshape(-1, 3).astype(np.float64)
+        uv, d = geometry.project_points(centers, np.asarray(K, np.float64), np.asarray(T_cam_grid, np.float64))
+        h, w = image_hw
+        seen = (d > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        return ~seen.reshape(self.config.grid_dims)
+
+    def predict(self, image_rgb: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray,
+                stereo_depth: Optional[np.ndarray] = None) -> Prediction:
+        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        with stage(timings, "preprocess", self.device):
+            inputs = self.preprocess(image_rgb, K, T_cam_grid, stereo_depth)
+        dtype = _PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            out = self.model(inputs, timings=timings)
+            with stage(timings, "postprocess", self.device):
+                prob = out.logits[0].float().softmax(dim=0)
+                conf, labels = prob.max(dim=0)
+                labels = labels.to(torch.uint8).cpu().numpy()
+                confidence = torch.round(conf * 255.0).clamp(0, 255).to(torch.uint8).cpu().numpy()
+        if self.mark_unseen:
+            labels[self.unseen_mask(K, T_cam_grid, image_rgb.shape[:2])] = UNKNOWN
+        timings["total"] = (time.perf_counter() - t0) * 1000.0
+        return Prediction(labels=labels, confidence=confidence, timings=timings)
+
+
+def _crop_bottom(img: np.ndarray, out_h: int) -> np.ndarray:
+    """Keep the bottom ``out_h`` rows; pad zeros on top when the image is shorter (as geometry.input_transform)."""
+    h = img.shape[0]
+    if h >= out_h:
+        return img[h - out_h:]
+    pad = np.zeros((out_h - h,) + img.shape[1:], img.dtype)
+    return np.concatenate([pad, img], axis=0)

@@ -1,0 +1,60 @@
+"""Camera <-> grid geometry on the real SemanticKITTI calibration and LiDAR scan."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scanssc_ros import geometry as g
+
+IMAGE_WH = (1226, 370)
+
+
+def _load(kitti_seq):
+    K, T = g.kitti_camera(g.read_kitti_calib(kitti_seq / "calib.txt"))
+    pts = np.fromfile(kitti_seq / "velodyne" / "000000.bin", np.float32).reshape(-1, 4)[:, :3].astype(np.float64)
+    return K, T, pts
+
+
+def test_lidar_projection_round_trip_numpy(kitti_seq):
+    K, T, pts = _load(kitti_seq)
+    uv, d = g.project_points(pts, K, T)
+    front = d > 0
+    back = g.unproject_pixels(uv[front], d[front], K, T)
+    assert np.abs(back - pts[front]).max() < 1e-4
+
+
+def test_lidar_projection_round_trip_torch_batched(kitti_seq):
+    K, T, pts = _load(kitti_seq)
+    P = torch.from_numpy(pts[:5000])[None].repeat(2, 1, 1)
+    Kt, Tt = torch.from_numpy(K)[None].repeat(2, 1, 1), torch.from_numpy(T)[None].repeat(2, 1, 1)
+    aug = torch.from_numpy(g.input_transform(IMAGE_WH[1], IMAGE_WH[0])[0])[None].repeat(2, 1, 1)
+    uv, d = g.project_points(P, Kt, Tt, aug)
+    front = d[0] > 0
+    back = g.unproject_pixels(uv[:, front], d[:, front], Kt, Tt, aug)
+    assert back.dtype == torch.float64
+    assert (back - P[:, front]).abs().max().item() < 1e-4
+
+
+def test_projected_points_land_in_image(kitti_seq):
+    K, T, pts = _load(kitti_seq)
+    uv, d = g.project_points(pts, K, T)
+    w, h = IMAGE_WH
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    front = d > 0
+    # a 360 deg scanner: about half the points are in front, and the ~80 deg camera sees a third of those
+    assert 0.4 < front.mean() < 0.6
+    assert 0.2 < (inside & front).sum() / front.sum() < 0.5
+    # within the camera's horizontal field of view most points must land in the image (the rest fall below it)
+    yaw = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    cone = front & (np.abs(yaw) < 35) & (d > 1)
+    assert (inside & cone).sum() / cone.sum() > 0.6
+    # nothing behind the camera may be reported inside with positive depth
+    assert not np.any(inside & (d <= 0) & (np.abs(yaw) < 35))
+
+
+def test_input_transform_maps_bottom_crop(kitti_seq):
+    aug, (rh, rw) = g.input_transform(IMAGE_WH[1], IMAGE_WH[0])
+    assert rw == 1280 and rh == 386
+    bottom_right = aug @ np.array([IMAGE_WH[0], IMAGE_WH[1], 1.0])
+    assert abs(bottom_right[0] - 1280) < 1e-6
+    assert 383.5 < bottom_right[1] < 385.0  # the original bottom edge stays the bottom edge of the crop

@@ -1,0 +1,130 @@
+"""Predictor: numpy in, uint8 voxel grids out; input validation; precision and device handling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scanssc_ros import checkpoint
+from scanssc_ros.config import variant
+from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
+from scanssc_ros.model.scanssc import ScanSSC
+from scanssc_ros.predictor import Predictor, resize_depth_min
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    cfg = variant("tiny")
+    return Predictor(ScanSSC(cfg), config=cfg)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (*KITTI_IMAGE_HW, 3), dtype=np.uint8)
+    depth = synthetic_depth(KITTI_K, KITTI_IMAGE_HW)
+    depth[:20] = np.nan
+    return image, KITTI_K.copy(), KITTI_T_CAM_GRID.copy(), depth
+
+
+def test_stereo_and_mono_outputs(predictor, frame):
+    image, K, T, depth = frame
+    for sd in (depth, None):
+        pred = predictor.predict(image, K, T, stereo_depth=sd)
+        assert pred.labels.shape == pred.confidence.shape == predictor.config.grid_dims
+        assert pred.labels.dtype == np.uint8 and pred.confidence.dtype == np.uint8
+        assert pred.labels.max() < predictor.config.num_classes
+        # the max of 20 class probabilities is at least 1/20
+        assert pred.confidence.min() >= int(255 / predictor.config.num_classes)
+        assert {"preprocess", "backbone_neck", "head", "postprocess", "total"} <= set(pred.timings)
+
+
+def test_confidence_matches_softmax(predictor, frame):
+    image, K, T, depth = frame
+    pred = predictor.predict(image, K, T, depth)
+    with torch.inference_mode():
+        logits = predictor.model(predictor.preprocess(image, K, T, depth)).logits[0]
+    prob = logits.softmax(0)
+    assert np.array_equal(pred.labels, prob.argmax(0).numpy().astype(np.uint8))
+    expect = np.round(prob.max(0).values.numpy() * 255).astype(np.uint8)
+    assert np.abs(pred.confidence.astype(int) - expect.astype(int)).max() <= 1
+
+
+def test_bf16_on_cpu(frame):
+    cfg = variant("tiny")
+    torch.manual_seed(0)
+    p = Predictor(ScanSSC(cfg), config=cfg, precision="bf16")
+    image, K, T, depth = frame
+    pred = p.predict(image, K, T, depth)
+    assert pred.labels.shape == cfg.grid_dims and pred.labels.dtype == np.uint8
+
+
+def test_mark_unseen(frame):
+    cfg = variant("tiny")
+    torch.manual_seed(0)
+    p = Predictor(ScanSSC(cfg), config=cfg, mark_unseen=True)
+    image, K, T, depth = frame
+    pred = p.predict(image, K, T, depth)
+    unseen = p.unseen_mask(K, T, image.shape[:2])
+    assert 0 < unseen.mean() < 1
+    assert np.all(pred.labels[unseen] == 255) and np.all(pred.labels[~unseen] < 255)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: {**a, "image": a["image"].astype(np.float32)}, "uint8"),
+    (lambda a: {**a, "image": a["image"][..., :2]}, "uint8 HxWx3"),
+    (lambda a: {**a, "K": a["K"][:2]}, "K must be"),
+    (lambda a: {**a, "K": np.where(np.eye(3) > 0, np.nan, a["K"])}, "non-finite"),
+    (lambda a: {**a, "K": a["K"] * np.array([[-1], [1], [1]])}, "pinhole"),
+    (lambda a: {**a, "T_cam_grid": np.eye(3)}, "T_cam_grid must be"),
+    (lambda a: {**a, "T_cam_grid": np.diag([2.0, 2, 2, 1])}, "rotation"),
+    (lambda a: {**a, "stereo_depth": a["stereo_depth"][:-1]}, "stereo_depth must be"),
+    (lambda a: {**a, "stereo_depth": a["stereo_depth"].astype(np.int32)}, "float"),
+])
+def test_bad_inputs(predictor, frame, change, match):
+    image, K, T, depth = frame
+    args = change({"image": image, "K": K, "T_cam_grid": T, "stereo_depth": depth})
+    with pytest.raises(ValueError, match=match):
+        predictor.predict(args["image"], args["K"], args["T_cam_grid"], stereo_depth=args["stereo_depth"])
+
+
+def test_device_and_precision_errors():
+    cfg = variant("tiny")
+    model = ScanSSC(cfg)
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(model, config=cfg, precision="int8")
+    with pytest.raises(ValueError, match="fp16"):
+        Predictor(model, config=cfg, precision="fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            Predictor(model, config=cfg, device="cuda:0")
+
+
+def test_from_checkpoint(tmp_path, predictor, frame):
+    path = checkpoint.save(tmp_path / "t.pt", predictor.model, predictor.config)
+    p2 = Predictor(path)
+    image, K, T, depth = frame
+    a, b = predictor.predict(image, K, T, depth), p2.predict(image, K, T, depth)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.confidence, b.confidence)
+
+
+def test_resize_depth_min_matches_loop():
+    rng = np.random.default_rng(1)
+    d = rng.uniform(1, 50, (13, 17)).astype(np.float32)
+    d[rng.random(d.shape) < 0.2] = 0.0
+    d[0, 0] = np.nan
+    for out_hw in ((5, 6), (26, 40), (13, 8)):
+        fast = resize_depth_min(d, out_hw)
+        H, W = d.shape
+        h, w = out_hw
+        ref = np.zeros(out_hw, np.float32)
+        for i in range(h):
+            rows = range(int(np.floor(i * H / h)), int(np.floor((i + 1) * H / h))) if h <= H \
+                else [int(np.floor((i + 0.5) * H / h))]
+            for j in range(w):
+                cols = range(int(np.floor(j * W / w)), int(np.floor((j + 1) * W / w))) if w <= W \
+                    else [int(np.floor((j + 0.5) * W / w))]
+                vals = [d[r, c] for r in rows for c in cols if np.isfinite(d[r, c]) and d[r, c] > 0]
+                ref[i, j] = min(vals) if vals else 0.0
+        assert np.array_equal(fast, ref), out_hw
