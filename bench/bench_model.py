@@ -5,6 +5,9 @@ Examples:
     python bench/bench_model.py --variant paper --device cpu --threads 2 --iters 1 --warmup 0
     python bench/bench_model.py --variant lite,paper --device cuda --precision fp16,bf16
 
+``process_cpu`` is the CPU time of all threads of the process during the forward pass: on a machine shared with
+other jobs it shows how much work was done when the wall clock is inflated by waiting for a core.
+
 Peak memory: CUDA -> torch.cuda.max_memory_allocated; CPU -> the process's peak resident set (VmHWM from
 /proc/self/status, which includes the Python interpreter and torch itself; the baseline before building the model
 is reported too). Results go to bench/results/model_<device>.json (merged with earlier runs of other settings).
@@ -62,14 +65,15 @@ def run_one(name: str, device: torch.device, precision: str, iters: int, warmup:
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         for i in range(warmup + iters):
             t: Dict[str, float] = {}
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model(inputs, timings=t)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t["total"] = (time.perf_counter() - t0) * 1000.0
+            t["process_cpu"] = (time.process_time() - c0) * 1000.0
             if i >= warmup:
                 runs.append(t)
-    med = {k: statistics.median(r[k] for r in runs) for k in STAGES + ["total"]}
+    med = {k: statistics.median(r[k] for r in runs) for k in STAGES + ["total", "process_cpu"]}
     out = {"variant": name, "device": str(device), "precision": precision, "stereo": stereo, "iters": iters,
            "warmup": warmup, "threads": torch.get_num_threads(), "params": params, "median_ms": med,
            "all_total_ms": [r["total"] for r in runs], "input_size": list(cfg.input_size)}
@@ -85,7 +89,7 @@ def run_one(name: str, device: torch.device, precision: str, iters: int, warmup:
 def print_table(results: List[Dict]) -> None:
     cols = [f"{r['variant']}/{r['precision']}{'' if r['stereo'] else '/mono'}" for r in results]
     print(f"{'stage (ms, median)':<20}" + "".join(f"{c:>18}" for c in cols))
-    for s in STAGES + ["total"]:
+    for s in STAGES + ["total", "process_cpu"]:
         print(f"{s:<20}" + "".join(f"{r['median_ms'][s]:>18.1f}" for r in results))
     mem = [r.get("peak_cuda_mb", r.get("peak_rss_mb", 0.0)) for r in results]
     print(f"{'peak memory (MB)':<20}" + "".join(f"{m:>18.0f}" for m in mem))

@@ -6,5 +6,8 @@ export AMENT_PREFIX_PATH="$_SCANSSC_ROOT/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFI
 source "$_SCANSSC_ROOT/install/setup.bash"
 _SCANSSC_SITE=$(ls -d "$_SCANSSC_ROOT"/install/scanssc_ros/lib/python3*/site-packages 2>/dev/null | head -n 1)
 export PYTHONPATH="$_SCANSSC_SITE${PYTHONPATH:+:$PYTHONPATH}"
+# Project machines set PYTHONDONTWRITEBYTECODE, which makes every process recompile torch and rclpy from source
+# (tens of seconds per import on 2 slow cores); cached bytecode in .venv is safe and much faster.
+unset PYTHONDONTWRITEBYTECODE
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 unset _SCANSSC_SITE

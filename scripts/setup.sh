@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command setup: system libraries (as root), .venv with pinned wheels, CMake path repair, colcon build.
+# One-command setup: uv, .venv with pinned wheels, CMake path repair, colcon build.
 # Idempotent: each step is skipped when its inputs did not change, so a warm run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,33 +8,66 @@ VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# 1. Debian libraries open3d needs, plus Vulkan for offscreen rendering (only possible as root).
-APT_PKGS="libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers"
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  missing=""
-  for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-  if [ -n "$missing" ]; then
-    log "apt-get install$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# Project machines set this, and uv installs without precompiling: every process would recompile torch from source.
+unset PYTHONDONTWRITEBYTECODE
+
+# 1. uv: resolves and downloads in parallel. pip asks the index once per package, one after another; with ~190
+#    packages behind a slow link that alone took over an hour in CI. The pinned wheel is fetched directly.
+UV_VERSION=0.13.9
+UV_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/scanssc_ros/uv-$UV_VERSION"
+UV="$(command -v uv || true)"
+if [ -z "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  UV="$UV_DIR/bin/uv"
+fi
+if [ ! -x "$UV" ]; then
+  log "fetching uv $UV_VERSION"
+  FILES=https://files.pythonhosted.org/packages
+  case "$(uname -m)" in
+    x86_64) url="$FILES/3d/aa/26d64642d808de4a652579ef950d7cd2d37f080a8babf9c67c6b75fc4c3f/uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+            sha=d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19 ;;
+    aarch64) url="$FILES/fe/2f/51a5de367c602592c018a42a23d57fba5f2689fe6c3bf025dcf043b39c61/uv-0.13.9-py3-none-manylinux_2_28_aarch64.whl"
+             sha=ecb6028d79dc96fbeafffe5c8af62a7099487ebc05a701e76714eebcffd06375 ;;
+    *) url=""; sha="" ;;
+  esac
+  mkdir -p "$UV_DIR"
+  if [ -n "$url" ] && curl -fsSL --retry 3 -o "$UV_DIR/uv.whl" "$url" \
+      && echo "$sha  $UV_DIR/uv.whl" | sha256sum -c --quiet -; then
+    "$PY" - "$UV_DIR" <<'PYEOF'
+import os, sys, zipfile
+d = sys.argv[1]
+with zipfile.ZipFile(os.path.join(d, "uv.whl")) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/uv"))
+    os.makedirs(os.path.join(d, "bin"), exist_ok=True)
+    with z.open(name) as src, open(os.path.join(d, "bin", "uv"), "wb") as dst:
+        dst.write(src.read())
+os.chmod(os.path.join(d, "bin", "uv"), 0o755)
+PYEOF
+    rm -f "$UV_DIR/uv.whl"
+  else
+    log "direct download failed; installing uv with pip"
+    "$PY" -m pip install -q --target "$UV_DIR" "uv==$UV_VERSION"
   fi
-else
-  log "not root: skipping apt (open3d rendering needs: $APT_PKGS)"
 fi
 
-# 2. Virtual environment and pinned Python packages.
+# 2. Virtual environment and pinned Python packages. torch 2.13.0 CPU is taken from the machine's local wheel
+#    when there is one (project machines), otherwise from the index.
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating .venv with $($PY --version)"
-  "$PY" -m venv "$VENV"
+  "$UV" venv -q -p "$PY" "$VENV"
 fi
 REQ_HASH=$(cat requirements/*.txt setup.py | sha256sum | cut -c1-16)
 STAMP="$VENV/.scanssc_requirements"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_HASH" ]; then
-  log "installing Python packages (first run: several minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -r requirements/ros.txt -r requirements/ml.txt -c requirements/constraints.txt
+  log "installing Python packages (first run: 15-25 minutes on a slow 2-core machine)"
+  PYTAG=$("$VENV/bin/python" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
+  TORCH_WHEEL=$(ls /opt/wheels/torch-2.13.0+cpu-"$PYTAG"-"$PYTAG"-*"$(uname -m)".whl 2>/dev/null | head -n 1 || true)
+  export VIRTUAL_ENV="$VENV" UV_NO_PROGRESS=1
+  if [ -n "$TORCH_WHEEL" ]; then
+    "$UV" pip install -q "$TORCH_WHEEL"
+  fi
+  "$UV" pip install -q -r requirements/ros.txt -r requirements/ml.txt -c requirements/constraints.txt
   # console scripts (scanssc-*) and the ROS-free package; the colcon install below takes precedence on PYTHONPATH
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  "$UV" pip install -q --no-deps --no-build-isolation -e .
   echo "$REQ_HASH" > "$STAMP"
 fi
 
@@ -61,9 +94,21 @@ export PATH="$VENV/bin:$PATH"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 mkdir -p log
+touch "$VENV/COLCON_IGNORE"
+# colcon alone needs minutes to start on a slow machine: skip it when nothing it installs has changed
+BUILD_HASH=$({ echo "$REQ_HASH"; find CMakeLists.txt package.xml msg scanssc_ros scripts launch config rviz -type f \
+  ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
+BUILD_STAMP=install/.scanssc_build
+if [ -f install/setup.bash ] && [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = "$BUILD_HASH" ]; then
+  log "colcon build up to date"
+  exit 0
+fi
 log "colcon build"
-colcon --log-base log build --symlink-install --base-paths "$ROOT" --build-base build --install-base install \
+# colcon adds "-l <cores>" otherwise, and background load on these machines keeps make at one job
+export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
+colcon --log-base log build --symlink-install --paths "$ROOT" --build-base build --install-base install \
   --event-handlers console_direct- summary- status- --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DPython3_NumPy_INCLUDE_DIR="$NP_INC" \
   -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > log/colcon_build.txt 2>&1 \
   || { mkdir -p log; cat log/colcon_build.txt >&2 2>/dev/null; log "colcon build FAILED"; exit 1; }
+echo "$BUILD_HASH" > "$BUILD_STAMP"
 log "ready: source scripts/env.sh to use the built package"

@@ -20,7 +20,7 @@ def test_config_round_trip(name):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(ValueError, match="unknown model variant"):
         variant("huge")
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({**variant("tiny").to_dict(), "bogus": 1})

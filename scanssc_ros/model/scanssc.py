@@ -99,7 +99,7 @@ class ScanSSC(nn.Module):
         with stage(timings, "backbone_neck", dev):
             feats = self.img_neck(self.img_backbone(inputs.image))
         with stage(timings, "depth", dev):
-            cam = camera_vector(K, T, A).to(feats.dtype)
+            cam = camera_vector(K, T, A)  # float32: autocast casts it where a matmul needs it
             context, depth, mono_logits = self.depth_net(feats, cam, inputs.stereo_depth)
         with stage(timings, "lift", dev):
             pts = frustum_points(K, T, A, cfg.input_size, context.shape[-2:], cfg.dbound, cfg.num_bins)
