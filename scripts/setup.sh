@@ -58,7 +58,7 @@ fi
 REQ_HASH=$(cat requirements/*.txt setup.py | sha256sum | cut -c1-16)
 STAMP="$VENV/.scanssc_requirements"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_HASH" ]; then
-  log "installing Python packages (first run: 15-25 minutes on a slow 2-core machine)"
+  log "installing Python packages (first run: several minutes)"
   PYTAG=$("$VENV/bin/python" -c "import sys; print(f'cp{sys.version_info[0]}{sys.version_info[1]}')")
   TORCH_WHEEL=$(ls /opt/wheels/torch-2.13.0+cpu-"$PYTAG"-"$PYTAG"-*"$(uname -m)".whl 2>/dev/null | head -n 1 || true)
   export VIRTUAL_ENV="$VENV" UV_NO_PROGRESS=1
