@@ -33,11 +33,13 @@ def test_defaults_are_valid_and_unknown_names_reported():
 @pytest.mark.ros
 def test_runtime_updates_are_validated(ros_context):
     pytest.importorskip("rclpy")
+    from nodeutil import FakePredictor
     from rclpy.parameter import Parameter
 
     from scanssc_ros.ros.node import ScanSSCNode
 
-    node = ScanSSCNode(context=ros_context)
+    node = ScanSSCNode(predictor=FakePredictor(), context=ros_context,
+                       parameter_overrides=[Parameter("warmup", value=False)])
     try:
         bad = node.set_parameters([Parameter("sync_tolerance", value=5.0)])[0]
         assert not bad.successful and "sync_tolerance" in bad.reason
@@ -48,4 +50,5 @@ def test_runtime_updates_are_validated(ros_context):
         good = node.set_parameters([Parameter("confidence_threshold", value=0.4)])[0]
         assert good.successful and node.params["confidence_threshold"] == pytest.approx(0.4)
     finally:
+        node.close()
         node.destroy_node()

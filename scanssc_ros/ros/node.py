@@ -1,23 +1,35 @@
-"""``scanssc_node``: the ROS 2 wiring around the ScanSSC predictor.
+"""``scanssc_node``: camera topics in, semantic voxel grid out.
 
-This file only declares and validates the parameters, and starts/stops cleanly; the camera pipeline lands on
-top of it (inputs -> Predictor -> voxel messages) without changing how parameters are handled.
+Thin wiring: subscription callbacks hand messages to :class:`FrameSync` (pairing, newest-only mailbox); one worker
+thread takes the newest input set, runs :class:`FrameProcessor` (decode, depth prior, Predictor) and publishes what
+:class:`OutputBuilder` encodes. Inference never runs in an executor callback, so parameter and service calls stay
+responsive while the model is busy, and outputs never lag behind by more than the frame being processed.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
+import traceback
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
 from scanssc_ros.ros.params import PARAMS, PARAMS_BY_NAME, ParameterError, ParamSpec
+from scanssc_ros.ros.pipeline_stats import PipelineStats
+
+
+class StartupError(RuntimeError):
+    """The node cannot run (no/corrupt/wrong checkpoint, unavailable device...)."""
 
 
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -32,15 +44,93 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return desc
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) or type(value).__name__ == "array" else value
+
+
+def _qos(reliability: str, depth: int, transient: bool = False) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=int(depth),
+        reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE)
+
+
+def load_predictor(params: Dict[str, Any], log: Any) -> Any:
+    """The Predictor the parameters ask for, or a StartupError that names the problem."""
+    from scanssc_ros.checkpoint import check_variant  # torch-heavy imports only once parameters are valid
+    from scanssc_ros.config import variant
+    from scanssc_ros.predictor import Predictor
+
+    kwargs = dict(device=params["device"], precision=params["precision"])
+    path = params["checkpoint"]
+    try:
+        if not path:
+            if not params["allow_untrained"]:
+                raise StartupError("no checkpoint given: set the 'checkpoint' parameter (launch argument "
+                                   "checkpoint:=/path/model.pt), or allow_untrained:=true for wiring tests")
+            log.warning(f"no checkpoint: running an UNTRAINED {params['variant']!r} model (allow_untrained); "
+                        "its output is meaningless")
+            return Predictor.from_config(variant(params["variant"]), **kwargs)
+        if not os.path.isfile(path):
+            raise StartupError(f"checkpoint {path!r} does not exist")
+        predictor = Predictor(path, **kwargs)
+        check_variant(predictor.config, params["variant"], source=f"checkpoint {path!r}")
+        return predictor
+    except StartupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt file, wrong variant, no CUDA...: all refuse to start
+        raise StartupError(f"{type(exc).__name__}: {exc}") from None
+
+
 class ScanSSCNode(Node):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, predictor: Any = None, **kwargs: Any) -> None:
         super().__init__("scanssc_node", **kwargs)
         self.params: Dict[str, Any] = self._declare_parameters()
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.get_logger().info(
-            f"scanssc_node ready: variant={self.params['variant']} device={self.params['device']} "
-            f"precision={self.params['precision']} depth_mode={self.params['depth_mode']}")
+        self._setup_done = False
+        from scanssc_ros.labels import LABEL_SETS
+        from scanssc_ros.ros.frame_processor import FrameProcessor
+        from scanssc_ros.ros.frame_sync import DropCounter, FrameSync, LatestSlot
+        from scanssc_ros.ros.outputs import OutputBuilder
 
+        self.predictor = predictor if predictor is not None else load_predictor(self.params, self.get_logger())
+        cfg = self.predictor.config
+        self.label_set = next((s for s in LABEL_SETS.values() if s.num_classes == cfg.num_classes), None)
+        if self.label_set is None:
+            raise StartupError(f"no label set has {cfg.num_classes} classes")
+        self.grid = cfg.grid
+        T = np.asarray(self.params["cam_from_grid"], np.float64).reshape(4, 4)
+        self.processor = FrameProcessor(self.predictor, T)
+        self.outputs = OutputBuilder(self.grid, self.label_set, T)
+        self.output_opts = self._output_options(self.params)
+        self.drops = DropCounter()
+        self.slot = LatestSlot(self.drops)
+        self.sync = FrameSync(self.params["depth_mode"], self.slot, self.drops, self.params["sync_tolerance"])
+        self.stats = PipelineStats(self.drops)
+        self._lock = threading.Lock()  # guards params/options read by the worker
+        self._stop = threading.Event()
+        self._warned: Dict[str, float] = {}
+        self._last_stamp: Optional[float] = None
+        self._tf_sent_for: Optional[str] = None
+
+        if self.params["warmup"]:
+            self._warm_up()
+        self._make_publishers()
+        self._make_subscriptions()
+        self._diag_timer = self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
+        from std_srvs.srv import SetBool
+
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._worker = threading.Thread(target=self._work, name="scanssc_inference", daemon=True)
+        self._worker.start()
+        self._setup_done = True
+        self.get_logger().info(
+            f"scanssc_node ready: variant={cfg.variant} device={self.params['device']} "
+            f"precision={self.params['precision']} depth_mode={self.params['depth_mode']} "
+            f"grid={'x'.join(map(str, cfg.grid_dims))} label_set={self.label_set.name}"
+            + (" (cv_bridge)" if self.processor.uses_cv_bridge else ""))
+
+    # ------------------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> Dict[str, Any]:
         values: Dict[str, Any] = {}
         problems: List[str] = []
@@ -50,8 +140,7 @@ class ScanSSCNode(Node):
             except Exception as exc:  # rclpy raises several types for wrong type / out of range overrides
                 problems.append(f"{spec.name}: {exc}")
                 continue
-            if isinstance(value, tuple) or type(value).__name__ == "array":
-                value = list(value)
+            value = _plain(value)
             problem = spec.validate(value)
             if problem:
                 problems.append(problem)
@@ -60,26 +149,250 @@ class ScanSSCNode(Node):
             raise ParameterError("; ".join(problems))
         return values
 
+    def _output_options(self, p: Dict[str, Any]) -> Any:
+        from scanssc_ros.ros.outputs import OutputOptions, parse_class_filter
+
+        try:
+            class_filter = parse_class_filter(p["class_filter"], self.label_set)
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+        return OutputOptions(
+            output_frame=p["output_frame"], grid_frame=p["grid_frame"], publish_grid=p["publish_grid"],
+            publish_markers=p["publish_markers"], publish_cloud=p["publish_cloud"],
+            confidence_threshold=p["confidence_threshold"], class_filter=class_filter,
+            surface_only=p["surface_only"], max_voxels=p["max_voxels"], marker_lifetime=p["marker_lifetime"])
+
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        updated = dict(self.params)
         for p in params:
             spec = PARAMS_BY_NAME.get(p.name)
             if spec is None:  # e.g. use_sim_time: rclpy validates its own parameters
                 continue
-            value = list(p.value) if isinstance(p.value, (tuple, list)) or type(p.value).__name__ == "array" \
-                else p.value
+            value = _plain(p.value)
             problem = spec.validate(value)
             if problem:
                 self.get_logger().warning(f"rejected parameter update: {problem}")
                 return SetParametersResult(successful=False, reason=problem)
-        for p in params:
-            if p.name in self.params:
-                self.params[p.name] = p.value
+            updated[p.name] = value
+        try:
+            opts = self._output_options(updated) if self._setup_done else None
+        except ParameterError as exc:
+            self.get_logger().warning(f"rejected parameter update: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        with self._lock:
+            self.params = updated
+            if opts is not None:
+                self.output_opts = opts
+                self.sync.tolerance = float(updated["sync_tolerance"])
+        if self._setup_done and any(p.name == "diagnostics_period" for p in params):
+            self._diag_timer.cancel()
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(updated["diagnostics_period"], self._publish_diagnostics)
         return SetParametersResult(successful=True)
+
+    def _on_enable(self, request: Any, response: Any) -> Any:
+        result = self.set_parameters([Parameter("enable", value=bool(request.data))])[0]
+        response.success = result.successful
+        response.message = "processing enabled" if request.data else "processing disabled"
+        return response
+
+    # ------------------------------------------------------------------------------------------ graph
+    def _make_publishers(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        from scanssc_ros.msg import SemanticVoxelGrid
+
+        qos = _qos(self.params["output_reliability"], self.params["output_depth"])
+        self.pubs = {
+            "grid": self.create_publisher(SemanticVoxelGrid, "~/voxels", qos),
+            "markers": self.create_publisher(MarkerArray, "~/voxel_markers", qos),
+            "cloud": self.create_publisher(PointCloud2, "~/voxel_cloud", qos),
+        }
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", _qos("reliable", 10))
+        self.tf_pub = None
+        if self.params["publish_tf"]:
+            try:
+                from tf2_msgs.msg import TFMessage
+            except ImportError:
+                self.get_logger().warning("publish_tf: tf2_msgs is not installed, the camera->grid transform is not "
+                                          "published on /tf_static")
+            else:
+                self.tf_pub = self.create_publisher(TFMessage, "/tf_static", _qos("reliable", 1, transient=True))
+
+    def _make_subscriptions(self) -> None:
+        from sensor_msgs.msg import CameraInfo, Image
+
+        qos = _qos(self.params["input_reliability"], self.params["input_depth"])
+        mode = self.params["depth_mode"]
+        sync = self.sync
+
+        def count(fn):  # callbacks only store references; counting them here keeps the rate meter honest
+            def cb(msg):
+                with self._lock:
+                    if not self.params["enable"]:
+                        self.drops.add("disabled")
+                        return
+                fn(msg)
+            return cb
+
+        self.subs = [
+            self.create_subscription(Image, "left/image_rect", count(self._on_left), qos),
+            self.create_subscription(CameraInfo, "left/camera_info", sync.on_left_info, qos),
+        ]
+        if mode == "stereo":
+            self.subs += [self.create_subscription(Image, "right/image_rect", sync.on_partner, qos),
+                          self.create_subscription(CameraInfo, "right/camera_info", sync.on_right_info, qos)]
+        elif mode == "depth":
+            self.subs.append(self.create_subscription(Image, "depth/image", sync.on_partner, qos))
+
+    def _on_left(self, msg: Any) -> None:
+        self.stats.frame_in()
+        self.sync.on_left(msg)
+        if self.sync.waiting_for_info():
+            self._warn("info", "waiting for camera_info on left/camera_info"
+                       + (" and right/camera_info" if self.sync.mode == "stereo" else "") + "; frames are dropped")
+
+    def _warn(self, key: str, text: str, period: float = 5.0) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= period:
+            self._warned[key] = now
+            self.get_logger().warning(text)
+
+    # ------------------------------------------------------------------------------------------ worker
+    def _warm_up(self) -> None:
+        h, w = self.predictor.config.input_size
+        K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float64)
+        t = time.perf_counter()
+        stereo = None if self.params["depth_mode"] == "mono" else np.full((h, w), 10.0, np.float32)
+        self.predictor.predict(np.zeros((h, w, 3), np.uint8), K, self.processor.cam_from_grid, stereo)
+        self.get_logger().info(f"warm-up inference took {1e3 * (time.perf_counter() - t):.0f} ms")
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            fs = self.slot.take(timeout=0.1)
+            if fs is None or self._stop.is_set():
+                continue
+            with self._lock:
+                max_rate = float(self.params["max_rate"])
+            if max_rate > 0:
+                wait = self.stats.last_start + 1.0 / max_rate - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                newer = self.slot.take(timeout=0)
+                if newer is not None:
+                    self.drops.add("rate_limited")
+                    fs = newer
+            try:
+                self._process(fs)
+            except Exception:  # noqa: BLE001 - the worker must survive anything a frame can cause
+                self.drops.add("failed")
+                self._warn("failed", "frame failed:\n" + traceback.format_exc())
+
+    def _process(self, fs: Any) -> None:
+        from scanssc_ros.ros.frame_processor import FrameError
+        from scanssc_ros.ros.outputs import OutputFrameError
+
+        t_start = time.monotonic()
+        self.stats.last_start = t_start
+        stamp = fs.stamp
+        if self._last_stamp is not None and stamp <= self._last_stamp:
+            if stamp == self._last_stamp:  # the same image again (e.g. republished): never publish it twice
+                self.drops.add("duplicate")
+                self._warn("dup", f"dropped a second frame stamped {stamp:.3f} s")
+                return
+            # a bag restarted or looped: follow the new time line rather than stall until it catches up
+            self._warn("back", f"input time went back {self._last_stamp - stamp:.3f} s; following it")
+        try:
+            result = self.processor.process(fs)
+        except FrameError as exc:
+            self.drops.add("rejected")
+            self._warn(f"frame:{str(exc)[:40]}", f"frame skipped: {exc}")
+            return
+        with self._lock:
+            opts = self.output_opts
+        wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.pubs.items()}
+        pred = result.prediction
+        try:
+            msgs, enc_times = self.outputs.build(pred.labels, pred.confidence, result.stamp, result.camera_frame,
+                                                 opts, wanted)
+        except OutputFrameError as exc:
+            self.drops.add("rejected")
+            self._warn("output_frame", str(exc))
+            return
+        t_pub = time.perf_counter()
+        for name, msg in msgs.items():
+            self.pubs[name].publish(msg)
+        self._send_tf(result)
+        self._last_stamp = stamp
+        times = dict(result.timings)
+        times.update({f"model/{k}": v for k, v in pred.timings.items() if k != "total"})
+        times["encode"] = sum(enc_times.values())
+        times["publish"] = (time.perf_counter() - t_pub) * 1e3
+        times["total"] = (time.monotonic() - fs.received) * 1e3  # from the complete input set to published
+        self.stats.frame_out(times)
+
+    def _send_tf(self, result: Any) -> None:
+        frame = result.camera_frame
+        if self.tf_pub is None or not frame or self._tf_sent_for == frame:
+            return
+        from geometry_msgs.msg import TransformStamped
+        from tf2_msgs.msg import TFMessage
+
+        from scanssc_ros.geometry import rotation_to_quaternion
+
+        T = self.processor.cam_from_grid
+        tf = TransformStamped()
+        tf.header.stamp = result.stamp
+        tf.header.frame_id, tf.child_frame_id = frame, self.params["grid_frame"]
+        tr = tf.transform.translation
+        tr.x, tr.y, tr.z = (float(v) for v in T[:3, 3])
+        r = tf.transform.rotation
+        r.x, r.y, r.z, r.w = rotation_to_quaternion(T[:3, :3])
+        self.tf_pub.publish(TFMessage(transforms=[tf]))
+        self._tf_sent_for = frame
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        if snap["frames_dropped_new"]:
+            self.get_logger().info(
+                f"{snap['frames_dropped']} of {snap['frames_in']} frames dropped so far "
+                f"({', '.join(f'{k}={v}' for k, v in sorted(snap['drops'].items()))})", throttle_duration_sec=10.0)
+        if not self.params["publish_diagnostics"]:
+            return
+        from scanssc_ros.ros.voxel_encode import diagnostics_message
+
+        stats = {
+            "latency_ms": snap["latency_ms"], "input_rate_hz": snap["input_rate_hz"],
+            "output_rate_hz": snap["output_rate_hz"], "frames_in": snap["frames_in"],
+            "frames_dropped": snap["frames_dropped"], "frames_published": snap["frames_out"],
+            "device": self.params["device"], "precision": self.params["precision"],
+            "model": self.predictor.config.variant, "depth_mode": self.params["depth_mode"],
+        }
+        stats.update({f"dropped/{k}": v for k, v in sorted(snap["drops"].items())})
+        if self.sync.waiting_for_info():
+            stats["waiting_for"] = "camera_info"
+        msg = diagnostics_message(stats, name=f"{self.get_name()}: pipeline", hardware_id=self.params["device"])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(msg)
+
+    # ------------------------------------------------------------------------------------------ shutdown
+    def close(self, timeout: float = 1.0) -> bool:
+        """Stop the worker; True when it finished within ``timeout`` (it is a daemon thread: an inference still
+        running does not hold the process)."""
+        self._stop.set()
+        if not getattr(self, "_setup_done", False):
+            return True
+        self.slot.close()
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     # Our own SIGINT/SIGTERM handling: rclpy's handlers did not reliably end spin() in the PyPI wheels, and a
-    # flag checked between short spin_once() calls also gives later worker threads one place to stop.
+    # flag checked between short spin_once() calls also stops the worker thread from one place.
     stop = threading.Event()
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +403,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[scanssc_node] invalid parameters: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
+    except StartupError as exc:
+        print(f"[scanssc_node] cannot start: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -98,10 +415,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        t0 = time.monotonic()
         node.get_logger().info("shutting down")
+        finished = node.close(timeout=1.0)
         executor.remove_node(node)
         node.destroy_node()
         rclpy.try_shutdown()
+        print(f"[scanssc_node] stopped in {time.monotonic() - t0:.2f} s", file=sys.stderr, flush=True)
+    if not finished:
+        # an inference is still running in the worker: do not wait for it (nor for the interpreter to tear
+        # down torch under it); everything the node owns is already closed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

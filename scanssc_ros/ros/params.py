@@ -87,11 +87,16 @@ PARAMS: Tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("allow_untrained", False, "Run a randomly initialised model when no checkpoint is given "
               "(for wiring tests only; the output is meaningless).", read_only=True),
-    ParamSpec("variant", "lite", "Model variant when no checkpoint is given (a checkpoint carries its own).",
+    ParamSpec("variant", "lite", "Model variant: built untrained without a checkpoint; with a checkpoint it must "
+              "match the variant stored in it (a mismatch refuses to start).",
               read_only=True, choices=("lite", "paper", "tiny")),
     ParamSpec("device", "cpu", "Torch device: cpu, cuda or cuda:N. CUDA requested but unavailable is an error, "
               "never a silent CPU fallback.", read_only=True, check=_check_device),
     ParamSpec("precision", "fp32", "Inference precision.", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("warmup", True, "Run one inference on a blank frame at start-up, so the first real frame is not slow "
+              "(memory allocation, CUDA kernel selection).", read_only=True),
+    ParamSpec("enable", True, "Process frames (false: inputs are received and counted as 'disabled', nothing is "
+              "inferred or published). Also settable through the ~/enable service (std_srvs/SetBool)."),
     # inputs
     ParamSpec("depth_mode", "stereo", "Depth prior: stereo (right image + camera_info, SGBM), depth (depth image "
               "topic) or mono (none).", read_only=True, choices=("stereo", "depth", "mono")),

@@ -31,7 +31,7 @@ from scanssc_ros.labels import EMPTY, IGNORE
 # ------------------------------------------------------------------------------------------------ selection
 
 
-def _confidence_u8(confidence: np.ndarray) -> np.ndarray:
+def confidence_u8(confidence: np.ndarray) -> np.ndarray:
     conf = np.asarray(confidence)
     if conf.dtype == np.uint8:
         return conf
@@ -95,7 +95,7 @@ def select_voxels(labels: np.ndarray, confidence: Optional[np.ndarray] = None, c
     if confidence is not None and conf_threshold > 0:
         if np.shape(confidence) != labels.shape:
             raise ValueError(f"confidence shape {np.shape(confidence)} != labels shape {labels.shape}")
-        keep &= _confidence_u8(confidence) >= int(round(float(conf_threshold) * 255))
+        keep &= confidence_u8(confidence) >= int(round(float(conf_threshold) * 255))
     flat = np.flatnonzero(keep)
     if max_voxels is not None and flat.size > max_voxels:
         flat = _nearest(flat, int(max_voxels), grid, sensor_position)
@@ -174,7 +174,7 @@ def to_pointcloud2(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, head
     rec["rgb"] = packed[lab]
     rec["label"] = lab
     if confidence is not None:
-        rec["confidence"] = _confidence_u8(confidence).reshape(-1)[idx]
+        rec["confidence"] = confidence_u8(confidence).reshape(-1)[idx]
 
     nfields = len(rec.dtype.names)
     fields = [PointField(name=n, offset=o, datatype=t, count=1) for n, o, t in _CLOUD_FIELDS[:nfields]]

@@ -1,0 +1,185 @@
+"""Input pairing for the node: left image + camera_info (+ right image + camera_info, or a depth image), newest
+first, with every discarded frame counted by reason.
+
+Runs in the subscription callbacks, so it only stores message references and compares stamps; decoding happens in
+the inference worker. Nothing here imports rclpy: messages only need ``header.stamp.{sec,nanosec}``.
+
+Pairing rules (``tolerance`` in seconds):
+- camera_info is cached (latest per camera) instead of being synchronised: it rarely changes and many drivers
+  publish it at a different rate; the frame waits for it if none has arrived yet;
+- the partner image (right or depth) is the buffered one with the nearest stamp within ``tolerance``;
+- a left image that cannot be paired yet stays pending; a newer left image replaces it (the old one is counted
+  ``unpaired`` or ``no_camera_info``), and it is given up as soon as partner images newer than its stamp +
+  tolerance have arrived (stamps are assumed to increase per topic).
+A complete set goes into a :class:`LatestSlot`; an older set still waiting there is replaced (``superseded``).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Optional
+
+MODES = ("stereo", "depth", "mono")
+PARTNER_BUFFER = 8  # partner images kept for matching; a few frame periods of jitter at camera rates
+
+
+def stamp_seconds(msg: Any) -> float:
+    s = msg.header.stamp
+    return float(s.sec) + 1e-9 * float(s.nanosec)
+
+
+@dataclass
+class FrameSet:
+    """What the worker needs for one inference: raw messages, decoded later."""
+
+    left: Any
+    left_info: Any
+    right: Any = None
+    right_info: Any = None
+    depth: Any = None
+    received: float = 0.0  # time.monotonic() when the set was completed
+
+    @property
+    def stamp(self) -> float:
+        return stamp_seconds(self.left)
+
+
+class DropCounter:
+    """Thread-safe counts of discarded frames by reason."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Dict[str, int] = {}
+
+    def add(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + n
+
+    def snapshot(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
+class LatestSlot:
+    """A one-item mailbox: ``put`` replaces what the consumer has not taken yet (counted as superseded), so the
+    consumer always gets the newest item and a slow consumer never builds a backlog."""
+
+    def __init__(self, drops: DropCounter) -> None:
+        self._cond = threading.Condition()
+        self._item: Optional[FrameSet] = None
+        self._closed = False
+        self._drops = drops
+
+    def put(self, item: FrameSet) -> None:
+        with self._cond:
+            if self._item is not None:
+                self._drops.add("superseded")
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout: Optional[float] = None) -> Optional[FrameSet]:
+        """The newest item, or None after ``timeout`` seconds or once closed."""
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def pending(self) -> bool:
+        with self._cond:
+            return self._item is not None
+
+
+class FrameSync:
+    def __init__(self, mode: str, slot: LatestSlot, drops: DropCounter, tolerance: float = 0.02,
+                 clock=None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"depth mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.slot = slot
+        self.drops = drops
+        self.tolerance = float(tolerance)
+        self._clock = clock or time.monotonic
+        self.left_info: Any = None
+        self.right_info: Any = None
+        self._pending: Any = None
+        self._partners: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
+        self.frames_in = 0  # left images received
+        self.sets_out = 0
+
+    # ------------------------------------------------------------------------------------------ callbacks
+    def on_left_info(self, msg: Any) -> None:
+        self.left_info = msg
+        self._try_emit()
+
+    def on_right_info(self, msg: Any) -> None:
+        self.right_info = msg
+        self._try_emit()
+
+    def on_left(self, msg: Any) -> None:
+        self.frames_in += 1
+        if self._pending is not None:
+            self.drops.add(self._waiting_for())
+        self._pending = msg
+        self._try_emit()
+
+    def on_partner(self, msg: Any) -> None:
+        """A right image (stereo mode) or a depth image (depth mode)."""
+        self._partners.append(msg)
+        self._try_emit()
+
+    # ------------------------------------------------------------------------------------------ matching
+    def _waiting_for(self) -> str:
+        if self.left_info is None or (self.mode == "stereo" and self.right_info is None):
+            return "no_camera_info"
+        return "unpaired"
+
+    def waiting_for_info(self) -> bool:
+        """A left image is held back only because a camera_info has not arrived."""
+        return self._pending is not None and self._waiting_for() == "no_camera_info"
+
+    def _match(self, t: float) -> Any:
+        best, best_dt = None, None
+        for m in self._partners:
+            dt = abs(stamp_seconds(m) - t)
+            if dt <= self.tolerance and (best_dt is None or dt < best_dt):
+                best, best_dt = m, dt
+        return best
+
+    def _try_emit(self) -> None:
+        left = self._pending
+        if left is None or self._waiting_for() == "no_camera_info":
+            return
+        t = stamp_seconds(left)
+        fs = FrameSet(left=left, left_info=self.left_info)
+        if self.mode != "mono":
+            partner = self._match(t)
+            if partner is None:
+                if any(stamp_seconds(m) > t + self.tolerance for m in self._partners):
+                    self.drops.add("unpaired")  # its partner would have arrived before these
+                    self._pending = None
+                return
+            # the matched partner and older ones are no use to later (newer) left images
+            while self._partners and self._partners.popleft() is not partner:
+                pass
+            if self.mode == "stereo":
+                fs.right, fs.right_info = partner, self.right_info
+            else:
+                fs.depth = partner
+        self._pending = None
+        fs.received = self._clock()
+        self.sets_out += 1
+        self.slot.put(fs)

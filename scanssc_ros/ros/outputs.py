@@ -1,0 +1,114 @@
+"""Prediction -> the node's output messages (grid, per-class markers, point cloud), from the encoders in
+``grid_message`` and ``voxel_encode``. Kept apart from the node so the same code is timed by the benchmark and
+checked by tests without a running graph."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, Optional, Set, Tuple
+
+import numpy as np
+from std_msgs.msg import Header
+
+from scanssc_ros.geometry import GridSpec
+from scanssc_ros.labels import LabelSet
+from scanssc_ros.ros.grid_message import class_colors, to_grid_message
+from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
+
+
+def parse_class_filter(text: str, label_set: LabelSet) -> Optional[FrozenSet[int]]:
+    """'car, road' / '1,9' -> class ids; '' -> None (all classes). Unknown names or ids raise ValueError."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        return None
+    ids: Set[int] = set()
+    for item in items:
+        if item.isdigit():
+            cid = int(item)
+            if not 0 < cid < label_set.num_classes:
+                raise ValueError(f"class_filter: id {cid} is not a class of {label_set.name} "
+                                 f"(1..{label_set.num_classes - 1})")
+        elif item in label_set.classes[1:]:
+            cid = label_set.classes.index(item)
+        else:
+            raise ValueError(f"class_filter: unknown class {item!r}; {label_set.name} classes: "
+                             f"{', '.join(label_set.classes[1:])}")
+        ids.add(cid)
+    return frozenset(ids)
+
+
+@dataclass
+class OutputOptions:
+    output_frame: str = ""  # "" = the camera frame
+    grid_frame: str = "scanssc_grid"
+    publish_grid: bool = True
+    publish_markers: bool = True
+    publish_cloud: bool = True
+    confidence_threshold: float = 0.0
+    class_filter: Optional[FrozenSet[int]] = None
+    surface_only: bool = True
+    max_voxels: int = 200000  # 0 = no limit
+    marker_lifetime: float = 1.0
+
+
+class OutputFrameError(ValueError):
+    """``output_frame`` is neither the camera frame nor the grid frame (no TF lookups in this node)."""
+
+
+class OutputBuilder:
+    """Builds the enabled output messages for one prediction; remembers the marker namespaces of the previous
+    frame so classes that disappear get a DELETE."""
+
+    def __init__(self, grid: GridSpec, label_set: LabelSet, cam_from_grid: np.ndarray) -> None:
+        self.grid = grid
+        self.label_set = label_set
+        self.cam_from_grid = np.asarray(cam_from_grid, np.float64).reshape(4, 4)
+        self.colors_u8 = label_set.color_table()
+        self._colors_msg = class_colors(label_set)
+        self._points = PointCache(grid)
+        self._prev_ns: Set[str] = set()
+        # the camera sits at the grid-frame position cam_from_grid^-1 @ 0: "nearest voxels" for max_voxels
+        self.sensor_position = tuple(np.linalg.inv(self.cam_from_grid)[:3, 3].tolist())
+
+    def frame_and_pose(self, camera_frame: str, opts: OutputOptions) -> Tuple[str, np.ndarray]:
+        out = opts.output_frame
+        if out in ("", camera_frame):
+            return camera_frame, self.cam_from_grid
+        if out == opts.grid_frame:
+            return out, np.eye(4)
+        raise OutputFrameError(f"output_frame {out!r} is neither the camera frame {camera_frame!r} nor grid_frame "
+                               f"{opts.grid_frame!r}; set one of those (or empty for the camera frame)")
+
+    def build(self, labels: np.ndarray, confidence: Optional[np.ndarray], stamp: Any, camera_frame: str,
+              opts: OutputOptions, wanted: Optional[Dict[str, bool]] = None) -> Tuple[Dict[str, Any], Dict[str, float]]:
+        """Messages by output name ('grid', 'markers', 'cloud') and build times in ms. ``wanted`` can switch
+        outputs off per call (e.g. no subscriber) on top of ``opts``."""
+        wanted = wanted or {}
+        frame, T = self.frame_and_pose(camera_frame, opts)
+        header = Header(stamp=stamp, frame_id=frame)
+        msgs: Dict[str, Any] = {}
+        times: Dict[str, float] = {}
+        t = time.perf_counter()
+        if opts.publish_grid and wanted.get("grid", True):
+            msgs["grid"] = to_grid_message(labels, self.grid, header, self.label_set, T, confidence,
+                                           colors=self._colors_msg)
+            times["encode_grid"] = (time.perf_counter() - t) * 1e3
+        need_markers = opts.publish_markers and wanted.get("markers", True)
+        need_cloud = opts.publish_cloud and wanted.get("cloud", True)
+        if need_markers or need_cloud:
+            t = time.perf_counter()
+            idx = select_voxels(labels, confidence, opts.confidence_threshold, opts.class_filter, opts.surface_only,
+                                opts.max_voxels or None, self.grid, self.sensor_position)
+            times["select"] = (time.perf_counter() - t) * 1e3
+            if need_markers:
+                t = time.perf_counter()
+                msgs["markers"], self._prev_ns = to_marker_array(
+                    idx, labels, self.grid, header, self.label_set.classes, self.colors_u8, self._prev_ns,
+                    lifetime=opts.marker_lifetime, pose=T, point_cache=self._points)
+                times["encode_markers"] = (time.perf_counter() - t) * 1e3
+            if need_cloud:
+                t = time.perf_counter()
+                msgs["cloud"] = to_pointcloud2(idx, labels, self.grid, header, pose=T, colors=self.colors_u8,
+                                               confidence=confidence)
+                times["encode_cloud"] = (time.perf_counter() - t) * 1e3
+        return msgs, times

@@ -1,0 +1,110 @@
+"""Helpers for the in-process node tests: camera messages from numpy, a predictor stand-in, and a graph that spins
+in a background thread (so a test can wait on its own conditions while the node's executor keeps answering)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from scanssc_ros.config import variant
+from scanssc_ros.predictor import Prediction
+
+# KITTI odometry seq 08 P2 / P3, scaled by 1/2 for small test images (621x188)
+FX, CX, CY = 707.0912 / 2, 601.8873 / 2, 183.1104 / 2
+P_LEFT = [FX, 0, CX, 46.88783 / 2, 0, FX, CY, 0.1178601 / 2, 0, 0, 1, 0.006203223]
+P_RIGHT = [FX, 0, CX, -333.4597 / 2, 0, FX, CY, 1.930130 / 2, 0, 0, 1, 0.003318498]
+W, H = 621, 188
+
+
+def stamp(t: float):
+    from builtin_interfaces.msg import Time
+
+    sec = int(t)
+    return Time(sec=sec, nanosec=int(round((t - sec) * 1e9)))
+
+
+def image_msg(arr: np.ndarray, t: float, frame: str = "camera_left", encoding: Optional[str] = None):
+    from sensor_msgs.msg import Image
+
+    if encoding is None:
+        encoding = {np.dtype(np.uint8): "rgb8", np.dtype(np.float32): "32FC1", np.dtype(np.uint16): "16UC1"}[arr.dtype]
+    h, w = arr.shape[:2]
+    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=arr.strides[0],
+                data=np.ascontiguousarray(arr).tobytes())
+    msg.header.stamp, msg.header.frame_id = stamp(t), frame
+    return msg
+
+
+def info_msg(P: List[float], t: float, frame: str = "camera_left", w: int = W, h: int = H, zero_k: bool = False):
+    from sensor_msgs.msg import CameraInfo
+
+    msg = CameraInfo(width=w, height=h, distortion_model="plumb_bob", d=[0.0] * 5)
+    msg.p = [float(v) for v in P]
+    msg.k = [0.0] * 9 if zero_k else [P[0], P[1], P[2], P[4], P[5], P[6], 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
+    msg.header.stamp, msg.header.frame_id = stamp(t), frame
+    return msg
+
+
+def textured_pair(seed: int, disparity: int = 20):
+    """A random-texture left image and the right image seen ``disparity`` px to the left (uint8 RGB)."""
+    rng = np.random.default_rng(seed)
+    wide = rng.integers(0, 256, size=(H, W + disparity, 3), dtype=np.uint8)
+    return np.ascontiguousarray(wide[:, disparity:]), np.ascontiguousarray(wide[:, :W])
+
+
+class FakePredictor:
+    """Stands in for :class:`scanssc_ros.predictor.Predictor`: tiny-variant grid, a fixed scene, optional delay.
+    It records the stamp-like ``tag`` (mean of the first pixel row) of every image it gets."""
+
+    def __init__(self, delay: float = 0.0, name: str = "tiny") -> None:
+        self.config = variant(name)
+        self.delay = delay
+        self.calls: List[dict] = []
+        X, Y, Z = self.config.grid_dims
+        labels = np.zeros((X, Y, Z), np.uint8)
+        labels[:, :, 0] = 9  # road
+        labels[10:20, 20:30, 1:3] = 1  # car
+        labels[40:60, 50:64, 1:8] = 13  # building
+        self.labels = labels
+        self.confidence = np.full(labels.shape, 200, np.uint8)
+        self.confidence[labels == 13] = 90
+
+    def predict(self, image, K, T, stereo_depth=None) -> Prediction:
+        self.calls.append(dict(shape=image.shape, K=np.array(K), stereo=stereo_depth))
+        if self.delay:
+            time.sleep(self.delay)
+        return Prediction(labels=self.labels.copy(), confidence=self.confidence.copy(), timings={"total": 1.0})
+
+
+class Graph:
+    """Nodes spun by one executor in a background thread."""
+
+    def __init__(self, context, *nodes) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.executor = SingleThreadedExecutor(context=context)
+        for n in nodes:
+            self.executor.add_node(n)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(poll)
+    return cond()

@@ -1,0 +1,232 @@
+"""The node's camera pipeline in-process: inputs -> worker -> grid / markers / cloud / diagnostics.
+
+The model is either the real (untrained) tiny Predictor or a stand-in with a fixed scene and an injected delay;
+the rosbag end-to-end runs of the installed executable with the lite model are in test_node_bag_e2e.py.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
+
+from nodeutil import P_LEFT, P_RIGHT, FakePredictor, Graph, image_msg, info_msg, textured_pair, wait_for  # noqa: E402
+
+
+def _node(ctx, predictor, **params):
+    from rclpy.parameter import Parameter
+
+    from scanssc_ros.ros.node import ScanSSCNode
+
+    base = dict(allow_untrained=True, warmup=False, surface_only=False, max_voxels=0, publish_tf=False,
+                input_reliability="reliable", diagnostics_period=0.2)
+    base.update(params)
+    return ScanSSCNode(predictor=predictor, context=ctx,
+                       parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
+
+
+class Probe:
+    """Test-side node: publishes camera inputs into the node's namespace-relative topics, records outputs."""
+
+    def __init__(self, ctx, node_name: str = "scanssc_node") -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from scanssc_ros.msg import SemanticVoxelGrid
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.node = Node("pipeline_probe", context=ctx)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.got = {"grid": [], "markers": [], "cloud": [], "diag": []}
+        for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
+                                ("cloud", PointCloud2, "voxel_cloud")):
+            self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, qos)
+        self.pub = {name: self.node.create_publisher(typ, name, qos) for name, typ in (
+            ("left/image_rect", Image), ("left/camera_info", CameraInfo),
+            ("right/image_rect", Image), ("right/camera_info", CameraInfo), ("depth/image", Image))}
+
+    def connected(self, names) -> bool:
+        return all(self.pub[n].get_subscription_count() > 0 for n in names)
+
+    def send_stereo(self, t: float, seed: int = 0, **left_kwargs) -> None:
+        left, right = textured_pair(seed)
+        self.pub["left/camera_info"].publish(info_msg(P_LEFT, t))
+        self.pub["right/camera_info"].publish(info_msg(P_RIGHT, t, frame="camera_right"))
+        self.pub["right/image_rect"].publish(image_msg(right, t, frame="camera_right"))
+        self.pub["left/image_rect"].publish(image_msg(left, t, **left_kwargs))
+
+    def stamps(self, key: str):
+        headers = [m.markers[0].header if key == "markers" else m.header for m in self.got[key]]
+        return [h.stamp.sec + 1e-9 * h.stamp.nanosec for h in headers]
+
+
+@pytest.fixture()
+def graph_factory(ros_context):
+    made = []
+
+    def make(predictor, **params):
+        node = _node(ros_context, predictor, **params)
+        probe = Probe(ros_context)
+        graph = Graph(ros_context, node, probe.node)
+        made.append((node, probe, graph))
+        return node, probe
+
+    yield make
+    for node, probe, graph in made:
+        node.close()
+        graph.close()
+        node.destroy_node()
+        probe.node.destroy_node()
+
+
+def _voxel_index(points_out: np.ndarray, grid_msg) -> np.ndarray:
+    """Output-frame points -> (N, 3) voxel indices through the grid message's own origin pose; asserts that every
+    point is a voxel centre."""
+    from scanssc_ros.geometry import quaternion_to_rotation
+
+    o = grid_msg.origin
+    R = quaternion_to_rotation((o.orientation.x, o.orientation.y, o.orientation.z, o.orientation.w))
+    t = np.array([o.position.x, o.position.y, o.position.z])
+    g = (points_out - t) @ R / grid_msg.voxel_size - 0.5
+    idx = np.rint(g)
+    assert np.abs(g - idx).max() < 1e-3, "a point is not at a voxel centre"
+    return idx.astype(np.int64)
+
+
+def _same_voxels(grid_msg, markers_msg, cloud_msg, label_names):
+    """Grid labels, marker cube centres and cloud points describe the same occupied voxels, with the same class."""
+    from scanssc_ros.geometry import quaternion_to_rotation
+
+    dims = (grid_msg.size_x, grid_msg.size_y, grid_msg.size_z)
+    labels = np.frombuffer(bytes(grid_msg.labels), np.uint8).reshape(dims)
+    occupied = {tuple(v) for v in np.argwhere((labels != 0) & (labels != 255)).tolist()}
+
+    rec = np.frombuffer(bytes(cloud_msg.data), np.dtype({"names": ["x", "y", "z", "label"], "formats":
+                        ["<f4", "<f4", "<f4", "u1"], "offsets": [0, 4, 8, 16], "itemsize": cloud_msg.point_step}))
+    idx = _voxel_index(np.stack([rec["x"], rec["y"], rec["z"]], 1).astype(np.float64), grid_msg)
+    assert {tuple(v) for v in idx.tolist()} == occupied and len(idx) == len(occupied)
+    assert np.array_equal(labels[idx[:, 0], idx[:, 1], idx[:, 2]], rec["label"])
+
+    seen = set()
+    for m in markers_msg.markers:
+        if m.action != m.ADD:
+            continue
+        q = m.pose.orientation
+        Rm = quaternion_to_rotation((q.x, q.y, q.z, q.w))
+        tm = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+        pts = np.array([[p.x, p.y, p.z] for p in m.points]) @ Rm.T + tm
+        midx = _voxel_index(pts, grid_msg)
+        assert np.all(labels[midx[:, 0], midx[:, 1], midx[:, 2]] == label_names.index(m.ns)), m.ns
+        seen |= {tuple(v) for v in midx.tolist()}
+    assert seen == occupied
+
+
+def test_stereo_frames_give_one_output_each_with_input_stamp(graph_factory):
+    from scanssc_ros.config import variant
+    from scanssc_ros.predictor import Predictor
+
+    node, probe = graph_factory(Predictor.from_config(variant("tiny")))
+    assert wait_for(lambda: probe.connected(["left/image_rect", "right/image_rect"]), 10.0)
+    stamps = [100.0, 100.1, 100.2]
+    for i, t in enumerate(stamps):
+        probe.send_stereo(t, seed=i)
+        assert wait_for(lambda n=i + 1: all(len(probe.got[k]) >= n for k in ("grid", "markers", "cloud")), 60.0), \
+            f"no output for frame {i}: drops {node.drops.snapshot()}"
+    time.sleep(0.3)
+    for key in ("grid", "markers", "cloud"):
+        assert probe.stamps(key) == pytest.approx(stamps, abs=1e-9), key
+    g = probe.got["grid"][-1]
+    assert (g.size_x, g.size_y, g.size_z) == (64, 64, 8) and len(g.labels) == 64 * 64 * 8
+    assert g.header.frame_id == "camera_left" and probe.got["cloud"][-1].header.frame_id == "camera_left"
+    assert all(m.header.frame_id == "camera_left" for m in probe.got["markers"][-1].markers)
+    assert g.label_set == "semantickitti" and len(g.confidence) == len(g.labels)
+    _same_voxels(g, probe.got["markers"][-1], probe.got["cloud"][-1], list(g.class_names))
+    assert node.drops.total == 0
+
+
+def test_fixed_scene_geometry_in_grid_frame(graph_factory):
+    node, probe = graph_factory(FakePredictor(), depth_mode="mono", output_frame="scanssc_grid",
+                                class_filter="car,building", confidence_threshold=0.5)
+    assert wait_for(lambda: probe.connected(["left/image_rect"]), 10.0)
+    left, _ = textured_pair(0)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 5.0, zero_k=True))  # K zero: taken from P
+    probe.pub["left/image_rect"].publish(image_msg(left, 5.0))
+    assert wait_for(lambda: probe.got["markers"] and probe.got["cloud"] and probe.got["grid"], 30.0)
+    g, markers = probe.got["grid"][0], probe.got["markers"][0]
+    assert g.header.frame_id == "scanssc_grid"
+    assert (g.origin.position.x, g.origin.position.y, g.origin.position.z) == pytest.approx((0.0, -25.6, -2.0))
+    # the grid keeps every label; the drawn voxels follow the class filter and the confidence threshold
+    assert np.count_nonzero(np.frombuffer(bytes(g.labels), np.uint8) == 9) == 64 * 64
+    assert [m.ns for m in markers.markers] == ["car"]  # building has confidence 90/255 < 0.5
+    assert len(markers.markers[0].points) == 10 * 10 * 2
+    assert probe.got["cloud"][0].width == 200
+    call = node.predictor.calls[0]
+    assert call["stereo"] is None and call["K"][0, 0] == pytest.approx(P_LEFT[0])
+
+
+def test_slow_model_stays_on_newest_frames_and_answers_parameters(graph_factory):
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node, probe = graph_factory(FakePredictor(delay=0.5), depth_mode="mono")
+    assert wait_for(lambda: probe.connected(["left/image_rect"]), 10.0)
+    client = AsyncParameterClient(probe.node, "scanssc_node")
+    assert client.wait_for_services(10.0)
+    left, _ = textured_pair(0)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 0.0))
+    sent, answer_times = [], []
+    t0 = time.monotonic()
+    for i in range(30):  # 10 Hz for 3 s
+        t = 200.0 + 0.1 * i
+        probe.pub["left/image_rect"].publish(image_msg(left, t))
+        sent.append(t)
+        if i % 10 == 5:
+            q = time.monotonic()
+            fut = client.get_parameters(["confidence_threshold"])
+            assert wait_for(fut.done, 5.0)
+            answer_times.append(time.monotonic() - q)
+            assert fut.result().values[0].double_value == 0.0
+        time.sleep(max(0.0, t0 + 0.1 * (i + 1) - time.monotonic()))
+    assert wait_for(lambda: not node.slot.pending and len(probe.got["grid"]) >= 5, 5.0)
+    time.sleep(0.8)  # the frame in progress finishes
+    out = probe.stamps("grid")
+    assert all(b > a for a, b in zip(out, out[1:])), out
+    assert out[-1] >= sent[-2] - 1e-9, (out[-1], sent[-3:])  # the newest frames, not a backlog
+    assert 4 <= len(out) <= 9, out  # ~0.5 s per frame over 3 s
+    drops = node.drops.snapshot()
+    assert drops.get("superseded", 0) + len(out) == len(sent), (drops, len(out))
+    assert max(answer_times) < 1.0, answer_times
+    # the drops are reported on /diagnostics
+    assert wait_for(lambda: any(kv.key == "frames_dropped" and int(kv.value) == drops["superseded"]
+                                for d in probe.got["diag"][-3:] for s in d.status for kv in s.values), 3.0)
+
+
+def test_bad_frames_are_skipped_and_the_next_good_frame_is_processed(graph_factory):
+    node, probe = graph_factory(FakePredictor())
+    assert wait_for(lambda: probe.connected(["left/image_rect", "right/image_rect"]), 10.0)
+    probe.send_stereo(1.0, encoding="yuv422")  # unsupported encoding
+    assert wait_for(lambda: node.drops.snapshot().get("rejected") == 1, 10.0)
+    small = image_msg(np.zeros((10, 12, 3), np.uint8), 1.2)
+    left, right = textured_pair(1)
+    probe.pub["right/image_rect"].publish(image_msg(right, 1.2, frame="camera_right"))
+    probe.pub["left/image_rect"].publish(small)  # size differs from camera_info
+    assert wait_for(lambda: node.drops.snapshot().get("rejected") == 2, 10.0)
+    assert not probe.got["grid"]
+    probe.send_stereo(1.4)
+    assert wait_for(lambda: len(probe.got["grid"]) == 1, 10.0)
+    assert probe.stamps("grid") == [pytest.approx(1.4)]
+
+
+def test_class_filter_update_is_checked_against_the_label_set(graph_factory):
+    from rclpy.parameter import Parameter
+
+    node, _ = graph_factory(FakePredictor(), depth_mode="mono")
+    bad = node.set_parameters([Parameter("class_filter", value="car,spaceship")])[0]
+    assert not bad.successful and "spaceship" in bad.reason
+    good = node.set_parameters([Parameter("class_filter", value="car, 13")])[0]
+    assert good.successful and node.output_opts.class_filter == frozenset({1, 13})
