@@ -1,0 +1,1 @@
+"""Command-line entry points (scanssc-train, scanssc-eval, scanssc-infer): argument parsing only."""
