@@ -3,29 +3,16 @@
 The ROS package (messages, node executable, launch/config/rviz) is built by colcon from CMakeLists.txt; this file
 lets `pip install -e .` provide the library and the `scanssc-*` console scripts without ROS.
 """
-from pathlib import Path
-
 from setuptools import find_packages, setup
 
-CONSOLE_SCRIPTS = {
-    # name: module:function -- only modules that exist in this checkout are registered
-    "scanssc-train": "scanssc_ros.cli.train:main",
-    "scanssc-eval": "scanssc_ros.cli.evaluate:main",
-    "scanssc-infer": "scanssc_ros.cli.infer:main",
-    "scanssc-kitti2bag": "scanssc_ros.bag.kitti2bag:main",
-    "scanssc-play": "scanssc_ros.bag.play:main",
-    "scanssc-synth": "scanssc_ros.cli.synth:main",
-}
-
-
-def _existing(scripts):
-    here = Path(__file__).parent
-    out = []
-    for name, target in scripts.items():
-        module = target.split(":")[0]
-        if (here / (module.replace(".", "/") + ".py")).is_file():
-            out.append(f"{name}={target}")
-    return out
+CONSOLE_SCRIPTS = [
+    "scanssc-train=scanssc_ros.cli.train:main",
+    "scanssc-eval=scanssc_ros.cli.evaluate:main",
+    "scanssc-infer=scanssc_ros.cli.infer:main",
+    "scanssc-synth=scanssc_ros.cli.synth:main",
+    "scanssc-kitti2bag=scanssc_ros.bag.kitti2bag:main",
+    "scanssc-play=scanssc_ros.bag.play:main",
+]
 
 
 setup(
@@ -44,6 +31,6 @@ setup(
         "rosbags>=0.11,<0.12",
         "matplotlib",
     ],
-    extras_require={"render": ["open3d"], "test": ["pytest", "ruff"]},
-    entry_points={"console_scripts": _existing(CONSOLE_SCRIPTS)},
+    extras_require={"test": ["pytest", "ruff"]},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )
