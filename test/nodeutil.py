@@ -108,3 +108,47 @@ def wait_for(cond: Callable[[], bool], timeout: float, poll: float = 0.01) -> bo
             return True
         time.sleep(poll)
     return cond()
+
+
+def voxel_index(points_out: np.ndarray, grid_msg) -> np.ndarray:
+    """Output-frame points -> (N, 3) voxel indices through the grid message's own origin pose; asserts that every
+    point is a voxel centre."""
+    from scanssc_ros.geometry import quaternion_to_rotation
+
+    o = grid_msg.origin
+    R = quaternion_to_rotation((o.orientation.x, o.orientation.y, o.orientation.z, o.orientation.w))
+    t = np.array([o.position.x, o.position.y, o.position.z])
+    g = (points_out - t) @ R / grid_msg.voxel_size - 0.5
+    idx = np.rint(g)
+    assert np.abs(g - idx).max() < 1e-3, "a point is not at a voxel centre"
+    return idx.astype(np.int64)
+
+
+def same_voxels(grid_msg, markers_msg, cloud_msg, label_names, expected=None):
+    """Grid labels, marker cube centres and cloud points describe the same voxels with the same class: every
+    occupied voxel of the grid, or the (X, Y, Z) bool mask ``expected`` of the voxels that should be drawn."""
+    from scanssc_ros.geometry import quaternion_to_rotation
+
+    dims = (grid_msg.size_x, grid_msg.size_y, grid_msg.size_z)
+    labels = np.frombuffer(bytes(grid_msg.labels), np.uint8).reshape(dims)
+    mask = (labels != 0) & (labels != 255) if expected is None else expected
+    occupied = {tuple(v) for v in np.argwhere(mask).tolist()}
+
+    rec = np.frombuffer(bytes(cloud_msg.data), np.dtype({"names": ["x", "y", "z", "label"], "formats":
+                        ["<f4", "<f4", "<f4", "u1"], "offsets": [0, 4, 8, 16], "itemsize": cloud_msg.point_step}))
+    idx = voxel_index(np.stack([rec["x"], rec["y"], rec["z"]], 1).astype(np.float64), grid_msg)
+    assert {tuple(v) for v in idx.tolist()} == occupied and len(idx) == len(occupied)
+    assert np.array_equal(labels[idx[:, 0], idx[:, 1], idx[:, 2]], rec["label"])
+
+    seen = set()
+    for m in markers_msg.markers:
+        if m.action != m.ADD:
+            continue
+        q = m.pose.orientation
+        Rm = quaternion_to_rotation((q.x, q.y, q.z, q.w))
+        tm = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+        pts = np.array([[p.x, p.y, p.z] for p in m.points]) @ Rm.T + tm
+        midx = voxel_index(pts, grid_msg)
+        assert np.all(labels[midx[:, 0], midx[:, 1], midx[:, 2]] == label_names.index(m.ns)), m.ns
+        seen |= {tuple(v) for v in midx.tolist()}
+    assert seen == occupied

@@ -1,0 +1,214 @@
+"""End to end on the real KITTI frames: sequence -> rosbag2 (MCAP and sqlite3) -> the installed scanssc_node
+(untrained lite model) -> grid, markers and cloud, one of each per input frame.
+
+Playback is lock-step (publish a frame's messages, wait for its outputs): a slower-than-real-time CPU model would
+otherwise drop frames by design, and this test is about every frame's wiring, not about throughput (that is
+test_node_pipeline's slow-model test). Depth mode gets its depth images from the frame's LiDAR scan.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
+
+from nodeutil import image_msg, same_voxels  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+PARAMS = REPO / "config" / "scanssc.yaml"
+PREFIX = "/kitti"
+LEFT, RIGHT = f"{PREFIX}/camera_color_left", f"{PREFIX}/camera_color_right"
+FRAME_TIMEOUT = 120.0  # s per frame: lite on 2 loaded cores is ~4 s
+
+
+@pytest.fixture(scope="module")
+def bags(kitti_seq, tmp_path_factory):
+    from scanssc_ros.bag.kitti2bag import convert_sequence
+
+    out = tmp_path_factory.mktemp("bags")
+    mcap = convert_sequence(kitti_seq, out / "seq08_mcap", storage="mcap")
+    sqlite = convert_sequence(kitti_seq, out / "seq08_sqlite", storage="sqlite3", frames=[0, 1, 2])
+    assert len(mcap.frames) == 10, mcap.frames
+    return {"mcap": mcap.bag, "sqlite3": sqlite.bag}
+
+
+def frames_of(bag: Path, topics):
+    """[(stamp ns, {topic: raw CDR})] grouped by receive time (= header stamp in kitti2bag bags)."""
+    from scanssc_ros.bag.play import iter_raw, open_bag
+
+    reader = open_bag(bag)
+    try:
+        grouped = defaultdict(dict)
+        for topic, t_ns, raw in iter_raw(reader, topics):
+            grouped[t_ns][topic] = raw
+    finally:
+        reader.close()
+    return sorted(grouped.items())
+
+
+class RunningNode:
+    def __init__(self, name: str, **params) -> None:
+        if not EXECUTABLE.is_file():
+            pytest.skip(f"{EXECUTABLE} not built; run `make test`")
+        args = [str(EXECUTABLE), "--ros-args", "--params-file", str(PARAMS), "-r", f"__node:={name}",
+                "-r", f"left/image_rect:={LEFT}/image_raw", "-r", f"left/camera_info:={LEFT}/camera_info",
+                "-r", f"right/image_rect:={RIGHT}/image_raw", "-r", f"right/camera_info:={RIGHT}/camera_info",
+                "-r", "depth/image:=/test/depth"]
+        # max_voxels 0: every surface voxel is drawn, so the drawn set is known from the grid alone
+        params = dict(dict(allow_untrained=True, variant="lite", input_reliability="reliable", max_voxels=0),
+                      **params)
+        for k, v in params.items():
+            args += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
+        self.name = name
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        out, err = self.proc.communicate()
+        return out + err
+
+
+class Probe:
+    def __init__(self, ctx, node_name: str) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from scanssc_ros.msg import SemanticVoxelGrid
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.node = Node(f"probe_{node_name}", context=ctx)
+        self.executor = SingleThreadedExecutor(context=ctx)
+        self.executor.add_node(self.node)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.got = {"grid": [], "markers": [], "cloud": []}
+        for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
+                                ("cloud", PointCloud2, "voxel_cloud")):
+            self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
+        self.pubs = {}
+        for topic, typ in ((f"{LEFT}/image_raw", Image), (f"{LEFT}/camera_info", CameraInfo),
+                           (f"{RIGHT}/image_raw", Image), (f"{RIGHT}/camera_info", CameraInfo),
+                           ("/test/depth", Image)):
+            self.pubs[topic] = self.node.create_publisher(typ, topic, qos)
+
+    def spin_until(self, cond, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+        return cond()
+
+    def ready(self, topics, node: RunningNode) -> None:
+        ok = self.spin_until(lambda: node.proc.poll() is not None or all(
+            self.pubs[t].get_subscription_count() > 0 for t in topics)
+            and all(self.node.count_publishers(f"/{node.name}/{o}") > 0 for o in ("voxels", "voxel_markers")), 120.0)
+        assert ok and node.proc.poll() is None, f"node not ready (exit {node.proc.poll()}):\n{node.stop()}"
+
+    def close(self) -> None:
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
+def run_lockstep(probe: Probe, node: RunningNode, frames, extra=None):
+    """Publish each frame (camera_info first), wait for its three outputs; returns the input stamps (ns)."""
+    stamps = []
+    for i, (t_ns, msgs) in enumerate(frames):
+        for topic in sorted(msgs, key=lambda t: not t.endswith("camera_info")):
+            probe.pubs[topic].publish(msgs[topic])
+        if extra is not None:
+            probe.pubs["/test/depth"].publish(extra(i, t_ns))
+        stamps.append(t_ns)
+        ok = probe.spin_until(lambda n=len(stamps): node.proc.poll() is not None or all(
+            len(v) >= n for v in probe.got.values()), FRAME_TIMEOUT)
+        assert ok and node.proc.poll() is None, f"frame {i}: outputs {[len(v) for v in probe.got.values()]}\n" \
+                                                 f"{node.stop()}"
+    probe.spin_until(lambda: False, 1.0)  # anything extra would arrive now
+    return stamps
+
+
+def check_outputs(probe: Probe, stamps, frame_id: str) -> None:
+    from scanssc_ros.ros.voxel_encode import surface_mask
+
+    for key, msgs in probe.got.items():
+        assert len(msgs) == len(stamps), f"{key}: {len(msgs)} messages for {len(stamps)} frames"
+        for m, t_ns in zip(msgs, stamps):
+            header = m.markers[0].header if key == "markers" else m.header
+            assert header.stamp.sec * 1_000_000_000 + header.stamp.nanosec == t_ns, key
+            assert header.frame_id == frame_id, (key, header.frame_id)
+    for g, markers, cloud in zip(probe.got["grid"], probe.got["markers"], probe.got["cloud"]):
+        assert (g.size_x, g.size_y, g.size_z) == (256, 256, 32) and len(g.labels) == 256 * 256 * 32
+        labels = np.frombuffer(bytes(g.labels), np.uint8).reshape(256, 256, 32)
+        same_voxels(g, markers, cloud, list(g.class_names), expected=surface_mask(labels))
+
+
+def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags):
+    name = f"e2e_stereo_{os.getpid()}"
+    node = RunningNode(name, depth_mode="stereo", output_frame="scanssc_grid")
+    probe = Probe(ros_context, name)
+    try:
+        topics = [f"{LEFT}/image_raw", f"{LEFT}/camera_info", f"{RIGHT}/image_raw", f"{RIGHT}/camera_info"]
+        probe.ready(topics, node)
+        stamps = run_lockstep(probe, node, frames_of(bags["mcap"], topics))
+        assert len(stamps) == 10
+        check_outputs(probe, stamps, "scanssc_grid")
+        for v in probe.got.values():
+            v.clear()
+        # the sqlite3 bag replays the first frames again: the node follows time going back
+        stamps = run_lockstep(probe, node, frames_of(bags["sqlite3"], topics))
+        assert len(stamps) == 3
+        check_outputs(probe, stamps, "scanssc_grid")
+    finally:
+        log = node.stop()
+        probe.close()
+    assert node.proc.returncode == 0, log
+    assert "Traceback" not in log, log
+
+
+def _lidar_depth(kitti_seq: Path, encoding: str):
+    from scanssc_ros.data.depth import lidar_depth_map
+    from scanssc_ros.data.image import load_rgb
+    from scanssc_ros.geometry import kitti_camera, read_kitti_calib
+
+    K, T = kitti_camera(read_kitti_calib(kitti_seq / "calib.txt"), "P2")
+
+    def make(i: int, t_ns: int):
+        hw = load_rgb(kitti_seq / "image_2" / f"{i:06d}.png").shape[:2]
+        scan = np.fromfile(kitti_seq / "velodyne" / f"{i:06d}.bin", np.float32).reshape(-1, 4)
+        depth = lidar_depth_map(scan[:, :3], K, T, hw)
+        arr = depth if encoding == "32FC1" else np.rint(depth * 1000).astype(np.uint16)
+        return image_msg(arr, t_ns / 1e9, frame="camera_color_left")
+
+    return make
+
+
+@pytest.mark.parametrize("mode", ["depth", "mono"])
+def test_depth_topic_and_mono_modes(ros_context, bags, kitti_seq, mode):
+    name = f"e2e_{mode}_{os.getpid()}"
+    node = RunningNode(name, depth_mode=mode)
+    probe = Probe(ros_context, name)
+    try:
+        topics = [f"{LEFT}/image_raw", f"{LEFT}/camera_info"]
+        probe.ready(topics + (["/test/depth"] if mode == "depth" else []), node)
+        frames = frames_of(bags["mcap"], topics)[:3]
+        extra = _lidar_depth(kitti_seq, "16UC1" if mode == "depth" else "") if mode == "depth" else None
+        stamps = run_lockstep(probe, node, frames, extra)
+        check_outputs(probe, stamps, "camera_color_left")
+    finally:
+        log = node.stop()
+        probe.close()
+    assert node.proc.returncode == 0, log
+    assert "Traceback" not in log, log
