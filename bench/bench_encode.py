@@ -26,6 +26,9 @@ from std_msgs.msg import Header
 
 from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec, quaternion_to_rotation, voxel_center_of_flat
 from scanssc_ros.labels import SEMANTIC_KITTI
+from scanssc_ros.ros.grid_message import to_grid_message
+from scanssc_ros.ros.marker_cdr import marker_array_cdr
+from scanssc_ros.ros.outputs import OutputBuilder, OutputOptions
 from scanssc_ros.ros.voxel_encode import (
     PointCache,
     _slot_point_factory,
@@ -120,6 +123,24 @@ def bench_size(n: int, reps: int, grid: GridSpec) -> Dict[str, Dict[str, float]]
         reps)
     markers, _ = to_marker_array(idx, labels, grid, header, names, colors, present, 0.5, pose, point_cache=cache)
     out["markers_serialize"] = timed(lambda: serialize_message(markers), max(1, reps // 2))
+    # what the node publishes: the same MarkerArray serialized from numpy (marker_cdr), no Point objects
+    out["markers_cdr"] = timed(lambda: marker_array_cdr(idx, labels, grid, header, names, colors, present, 0.5, pose),
+                               reps)
+
+    grid_msg = to_grid_message(labels, grid, header, SEMANTIC_KITTI, pose, conf)
+    out["grid_build"] = timed(lambda: to_grid_message(labels, grid, header, SEMANTIC_KITTI, pose, conf), reps)
+    out["grid_serialize"] = timed(lambda: serialize_message(grid_msg), reps)
+
+    # everything the node does per frame after inference for these voxels: select, build the three outputs,
+    # serialize them (what publish() does before handing bytes to the middleware)
+    builder = OutputBuilder(grid, SEMANTIC_KITTI, pose)
+    opts = OutputOptions(surface_only=False, max_voxels=0)
+
+    def all_outputs():
+        msgs, _ = builder.build(labels, conf, header.stamp, "camera", opts)
+        return [m if isinstance(m, bytes) else serialize_message(m) for m in msgs.values()]
+
+    out["all_outputs_serialized"] = timed(all_outputs, reps)
 
     stats = {"latency_ms": {"decode": 1.0, "model": 50.0}, "input_rate_hz": 10.0, "output_rate_hz": 9.5,
              "frames_in": 100, "frames_dropped": 3, "device": "cpu"}

@@ -13,6 +13,7 @@ from std_msgs.msg import Header
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.labels import LabelSet
 from scanssc_ros.ros.grid_message import class_colors, to_grid_message
+from scanssc_ros.ros.marker_cdr import cdr_self_check, marker_array_cdr
 from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
 
 
@@ -57,15 +58,20 @@ class OutputFrameError(ValueError):
 
 class OutputBuilder:
     """Builds the enabled output messages for one prediction; remembers the marker namespaces of the previous
-    frame so classes that disappear get a DELETE."""
+    frame so classes that disappear get a DELETE.
 
-    def __init__(self, grid: GridSpec, label_set: LabelSet, cam_from_grid: np.ndarray) -> None:
+    Markers come as serialized CDR bytes (``marker_cdr``, publishable as they are) when ``serialized_markers`` is
+    on and the self-check passed for this ROS distro; otherwise as a MarkerArray built from Point objects."""
+
+    def __init__(self, grid: GridSpec, label_set: LabelSet, cam_from_grid: np.ndarray,
+                 serialized_markers: bool = True) -> None:
         self.grid = grid
         self.label_set = label_set
         self.cam_from_grid = np.asarray(cam_from_grid, np.float64).reshape(4, 4)
         self.colors_u8 = label_set.color_table()
         self._colors_msg = class_colors(label_set)
-        self._points = PointCache(grid)
+        self.serialized_markers = serialized_markers and cdr_self_check(grid)
+        self._points = None if self.serialized_markers else PointCache(grid)
         self._prev_ns: Set[str] = set()
         # the camera sits at the grid-frame position cam_from_grid^-1 @ 0: "nearest voxels" for max_voxels
         self.sensor_position = tuple(np.linalg.inv(self.cam_from_grid)[:3, 3].tolist())
@@ -102,9 +108,12 @@ class OutputBuilder:
             times["select"] = (time.perf_counter() - t) * 1e3
             if need_markers:
                 t = time.perf_counter()
-                msgs["markers"], self._prev_ns = to_marker_array(
-                    idx, labels, self.grid, header, self.label_set.classes, self.colors_u8, self._prev_ns,
-                    lifetime=opts.marker_lifetime, pose=T, point_cache=self._points)
+                args = (idx, labels, self.grid, header, self.label_set.classes, self.colors_u8, self._prev_ns,
+                        opts.marker_lifetime, T)
+                if self.serialized_markers:
+                    msgs["markers"], self._prev_ns = marker_array_cdr(*args)
+                else:
+                    msgs["markers"], self._prev_ns = to_marker_array(*args, point_cache=self._points)
                 times["encode_markers"] = (time.perf_counter() - t) * 1e3
             if need_cloud:
                 t = time.perf_counter()

@@ -277,6 +277,48 @@ def _duration(seconds: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
+def marker_skeleton(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, header: Any,
+                    class_names: Sequence[str], colors: np.ndarray, prev_namespaces: Iterable[str] = (),
+                    lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False
+                    ) -> Tuple[List[Marker], List[np.ndarray], Set[str]]:
+    """The markers of :func:`to_marker_array` without their points, the flat voxel indices each ADD marker will
+    hold (in marker order), and the namespaces now present. Shared by the object path and the CDR fast path."""
+    labels = np.asarray(labels)
+    idx = _check_indices(indices, labels, grid)
+    # float32 values, as ColorRGBA stores them, so a serialization round trip compares equal
+    rgb = (np.asarray(colors, np.float32) / np.float32(255.0)).astype(np.float64)
+    marker_pose = pose_from_matrix(np.eye(4) if pose is None else pose)
+    life = _duration(lifetime)
+
+    lab = labels.reshape(-1)[idx]
+    order = np.argsort(lab, kind="stable")
+    sorted_lab = lab[order]
+    present_ids, starts = np.unique(sorted_lab, return_index=True)
+    bounds = list(starts[1:]) + [sorted_lab.size]
+
+    markers: List[Marker] = []
+    groups: List[np.ndarray] = []
+    if clear_first:
+        markers.append(Marker(header=header, action=Marker.DELETEALL))
+    present: Set[str] = set()
+    for cls, start, stop in zip(present_ids.tolist(), starts.tolist(), bounds):
+        if cls >= len(class_names):
+            raise ValueError(f"label {cls} has no class name (only {len(class_names)} names)")
+        ns = class_names[cls]
+        present.add(ns)
+        m = Marker(header=header, ns=ns, id=0, type=Marker.CUBE_LIST, action=Marker.ADD, pose=marker_pose,
+                   lifetime=life, frame_locked=False)
+        m.scale.x = m.scale.y = m.scale.z = float(grid.voxel_size)
+        m.color.r, m.color.g, m.color.b = (float(c) for c in rgb[cls])
+        m.color.a = 1.0
+        markers.append(m)
+        groups.append(idx[order[start:stop]])
+    if not clear_first:
+        for ns in sorted(set(prev_namespaces) - present):
+            markers.append(Marker(header=header, ns=ns, id=0, action=Marker.DELETE))
+    return markers, groups, present
+
+
 def to_marker_array(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, header: Any,
                     class_names: Sequence[str], colors: np.ndarray, prev_namespaces: Iterable[str] = (),
                     lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False,
@@ -293,42 +335,17 @@ def to_marker_array(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, hea
     MarkerArray in order, so the ADDs after it survive. It is the workaround for in-place CUBE_LIST updates
     slowing RViz down (ros2/rviz#631) at the cost of re-creating the render objects every frame.
     ``lifetime`` (seconds, 0 = forever) makes the output vanish when the node stops publishing.
+    The publishing path uses ``marker_cdr.marker_array_cdr`` (same message, serialized from numpy); this object
+    form is its reference and serves in-process consumers.
     """
-    labels = np.asarray(labels)
-    idx = _check_indices(indices, labels, grid)
     cache = point_cache if point_cache is not None else default_point_cache(grid)
     if cache.grid != grid:
         raise ValueError("point cache belongs to another grid")
-    # float32 values, as ColorRGBA stores them, so a serialization round trip compares equal
-    rgb = (np.asarray(colors, np.float32) / np.float32(255.0)).astype(np.float64)
-    marker_pose = pose_from_matrix(np.eye(4) if pose is None else pose)
-    life = _duration(lifetime)
-
-    lab = labels.reshape(-1)[idx]
-    order = np.argsort(lab, kind="stable")
-    sorted_lab = lab[order]
-    present_ids, starts = np.unique(sorted_lab, return_index=True)
-    bounds = list(starts[1:]) + [sorted_lab.size]
-
-    markers: List[Marker] = []
-    if clear_first:
-        markers.append(Marker(header=header, action=Marker.DELETEALL))
-    present: Set[str] = set()
-    for cls, start, stop in zip(present_ids.tolist(), starts.tolist(), bounds):
-        if cls >= len(class_names):
-            raise ValueError(f"label {cls} has no class name (only {len(class_names)} names)")
-        ns = class_names[cls]
-        present.add(ns)
-        m = Marker(header=header, ns=ns, id=0, type=Marker.CUBE_LIST, action=Marker.ADD, pose=marker_pose,
-                   lifetime=life, frame_locked=False)
-        m.scale.x = m.scale.y = m.scale.z = float(grid.voxel_size)
-        m.color.r, m.color.g, m.color.b = (float(c) for c in rgb[cls])
-        m.color.a = 1.0
-        m.points = cache.points(idx[order[start:stop]])
-        markers.append(m)
-    if not clear_first:
-        for ns in sorted(set(prev_namespaces) - present):
-            markers.append(Marker(header=header, ns=ns, id=0, action=Marker.DELETE))
+    markers, groups, present = marker_skeleton(indices, labels, grid, header, class_names, colors, prev_namespaces,
+                                               lifetime, pose, clear_first)
+    adds = [m for m in markers if m.action == Marker.ADD]
+    for m, flat in zip(adds, groups):
+        m.points = cache.points(flat)
     return MarkerArray(markers=markers), present
 
 
