@@ -15,22 +15,9 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from scanssc_ros.labels import EMPTY, IGNORE
+from scanssc_ros.voxels import exposed_mask, occupied_mask
 
 BACKGROUND = (255, 255, 255)
-
-
-def occupied_mask(labels: np.ndarray) -> np.ndarray:
-    return (labels != EMPTY) & (labels != IGNORE)
-
-
-def surface_mask(occupied: np.ndarray) -> np.ndarray:
-    """Occupied voxels with a free (or out-of-grid) 6-neighbour."""
-    padded = np.pad(occupied, 1, constant_values=False)
-    inner = np.ones_like(occupied)
-    for axis in range(3):
-        for shift in (-1, 1):
-            inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
-    return occupied & ~inner
 
 
 def bev_image(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
@@ -48,7 +35,7 @@ def isometric_points(labels: np.ndarray, voxel_size: float, azimuth_deg: float =
                      elevation_deg: float = 35.0, max_points: int = 60000,
                      seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Screen (u, v) of the surface voxels sorted far to near, their voxel indices and the (N, 3) indices kept."""
-    idx = np.argwhere(surface_mask(occupied_mask(labels)))
+    idx = np.argwhere(exposed_mask(occupied_mask(labels)))
     if len(idx) > max_points:
         idx = idx[np.sort(np.random.default_rng(seed).choice(len(idx), max_points, replace=False))]
     p = (idx + 0.5) * voxel_size

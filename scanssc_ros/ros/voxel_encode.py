@@ -26,7 +26,7 @@ from scanssc_ros.geometry import (
     transform_points,
     voxel_center_of_flat,
 )
-from scanssc_ros.labels import EMPTY, IGNORE
+from scanssc_ros.voxels import occupied_mask, surface_mask  # noqa: F401 - re-exported for callers
 
 # ------------------------------------------------------------------------------------------------ selection
 
@@ -38,32 +38,6 @@ def confidence_u8(confidence: np.ndarray) -> np.ndarray:
     if conf.dtype.kind != "f":
         raise ValueError(f"confidence must be uint8 or float in [0, 1], got {conf.dtype}")
     return np.rint(np.clip(conf, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def occupied_mask(labels: np.ndarray) -> np.ndarray:
-    return (labels != EMPTY) & (labels != IGNORE)
-
-
-def surface_mask(labels: np.ndarray) -> np.ndarray:
-    """Occupied voxels with at least one face that can be seen.
-
-    A face is exposed when the 6-neighbour behind it is not occupied (empty *or* unknown: unknown voxels are not
-    drawn either, so a face next to one is visible) or lies outside the grid (the volume can be viewed from
-    outside, so cutting off the border would leave holes in the rendered box).
-    """
-    occ = occupied_mask(labels)
-    covered = np.ones_like(occ)
-    for axis in range(3):
-        # a voxel is covered along an axis when both neighbours exist and are occupied
-        lo = np.zeros_like(occ)
-        hi = np.zeros_like(occ)
-        src = [slice(None)] * 3
-        dst = [slice(None)] * 3
-        src[axis], dst[axis] = slice(None, -1), slice(1, None)
-        lo[tuple(dst)] = occ[tuple(src)]
-        hi[tuple(src)] = occ[tuple(dst)]
-        covered &= lo & hi
-    return occ & ~covered
 
 
 def select_voxels(labels: np.ndarray, confidence: Optional[np.ndarray] = None, conf_threshold: float = 0.0,
