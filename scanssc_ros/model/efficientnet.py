@@ -37,13 +37,16 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(cin, cout, k, stride=stride, padding=0 if stride > 1 else k // 2, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride[0] == 1:
-            return super().forward(x)
-        ih, iw = x.shape[-2:]
-        k, s = self.kernel_size[0], self.stride[0]
-        ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
-        pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
-        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if self.stride[0] > 1:
+            ih, iw = x.shape[-2:]
+            k, s = self.kernel_size[0], self.stride[0]
+            ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+            pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if self.groups > 1 and self.groups == self.in_channels:
+            # depthwise: with torch 2.13 on CPU the backward pass of a contiguous (NCHW) depthwise conv took 3.4 s
+            # for a 240x24x80 map, channels-last 0.08 s (the forward is also faster); same result either way
+            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
         return super().forward(x)
 
 
