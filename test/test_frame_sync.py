@@ -106,3 +106,41 @@ def test_slot_take_wakes_on_put_and_on_close():
 def test_bad_mode_rejected():
     with pytest.raises(ValueError, match="depth mode"):
         make("lidar")
+
+
+def test_image_waits_for_its_own_camera_info_once_infos_are_stamped_like_images():
+    sync, slot, drops = make("stereo")
+    sync.on_left_info(msg(1.0, "li1"))
+    sync.on_right_info(msg(1.0, "ri1"))
+    sync.on_partner(msg(1.0))
+    sync.on_left(msg(1.0))
+    assert slot.take(0).right_info.name == "ri1"
+    # next frame: both images first (callback order across topics is not guaranteed), then the infos
+    sync.on_partner(msg(1.1, "r2"))
+    sync.on_left(msg(1.1, "l2"))
+    assert slot.take(0) is None and sync.waiting_for_info()
+    sync.on_left_info(msg(1.1, "li2"))
+    assert slot.take(0) is None  # the right info is still on its way
+    sync.on_right_info(msg(1.1, "ri2"))
+    fs = slot.take(0)
+    assert (fs.left_info.name, fs.right_info.name, fs.right.name) == ("li2", "ri2", "r2")
+    assert drops.total == 0
+
+
+def test_infos_with_unrelated_stamps_use_the_latest():
+    sync, slot, _ = make("mono")
+    sync.on_left_info(msg(0.0, "a"))
+    sync.on_left_info(msg(0.5, "b"))
+    sync.on_left(msg(7.3))
+    assert slot.take(0).left_info.name == "b"
+
+
+def test_stamped_infos_that_stop_do_not_hold_frames_forever():
+    sync, slot, _ = make("mono")
+    sync.on_left_info(msg(1.0, "a"))
+    sync.on_left(msg(1.0))
+    assert slot.take(0) is not None
+    sync.on_left(msg(1.5))  # its info may still come: wait
+    assert slot.take(0) is None
+    sync.on_left(msg(3.0))  # the latest info is over INFO_WAIT_LIMIT old: use it
+    assert slot.take(0).left_info.name == "a"

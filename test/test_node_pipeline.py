@@ -181,6 +181,8 @@ def test_bad_frames_are_skipped_and_the_next_good_frame_is_processed(graph_facto
     assert wait_for(lambda: node.drops.snapshot().get("rejected") == 1, 10.0)
     small = image_msg(np.zeros((10, 12, 3), np.uint8), 1.2)
     left, right = textured_pair(1)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 1.2))
+    probe.pub["right/camera_info"].publish(info_msg(P_RIGHT, 1.2, frame="camera_right"))
     probe.pub["right/image_rect"].publish(image_msg(right, 1.2, frame="camera_right"))
     probe.pub["left/image_rect"].publish(small)  # size differs from camera_info
     assert wait_for(lambda: node.drops.snapshot().get("rejected") == 2, 10.0)

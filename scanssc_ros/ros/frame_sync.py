@@ -5,8 +5,10 @@ Runs in the subscription callbacks, so it only stores message references and com
 the inference worker. Nothing here imports rclpy: messages only need ``header.stamp.{sec,nanosec}``.
 
 Pairing rules (``tolerance`` in seconds):
-- camera_info is cached (latest per camera) instead of being synchronised: it rarely changes and many drivers
-  publish it at a different rate; the frame waits for it if none has arrived yet;
+- camera_info: the one stamped like the image when there is one (drivers and bags usually stamp both alike; on
+  separate topics the info can arrive just after its image, so once infos have matched image stamps a frame
+  waits for its own instead of taking the previous one, which may describe another camera setting); otherwise
+  the latest (drivers that publish it at another rate or with other stamps). The frame waits while none exists;
 - the partner image (right or depth) is the buffered one with the nearest stamp within ``tolerance``;
 - a left image that cannot be paired yet stays pending; a newer left image replaces it (the old one is counted
   ``unpaired`` or ``no_camera_info``), and it is given up as soon as partner images newer than its stamp +
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional
 
 MODES = ("stereo", "depth", "mono")
-PARTNER_BUFFER = 8  # partner images kept for matching; a few frame periods of jitter at camera rates
+PARTNER_BUFFER = 8  # partner images / infos kept for matching; a few frame periods of jitter at camera rates
+INFO_WAIT_LIMIT = 1.0  # s: an image waits for its own camera_info only while the latest info is this recent
 
 
 def stamp_seconds(msg: Any) -> float:
@@ -103,6 +106,38 @@ class LatestSlot:
             return self._item is not None
 
 
+class InfoCache:
+    """The recent camera_infos of one camera and the rule above for picking one for an image stamp."""
+
+    def __init__(self) -> None:
+        self._buf: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
+        self.stamped_like_images = False
+
+    def add(self, msg: Any) -> None:
+        self._buf.append(msg)
+
+    @property
+    def latest(self) -> Any:
+        return self._buf[-1] if self._buf else None
+
+    def for_stamp(self, t: float, tolerance: float) -> Any:
+        """The info to use for an image stamped ``t``, or None while the right one has not arrived."""
+        best, best_dt = None, None
+        for m in self._buf:
+            dt = abs(stamp_seconds(m) - t)
+            if dt <= tolerance and (best_dt is None or dt < best_dt):
+                best, best_dt = m, dt
+        if best is not None:
+            self.stamped_like_images = True
+            return best
+        latest = self.latest
+        if latest is None:
+            return None
+        if self.stamped_like_images and t - INFO_WAIT_LIMIT < stamp_seconds(latest) < t:
+            return None  # this image's own info is on its way
+        return latest
+
+
 class FrameSync:
     def __init__(self, mode: str, slot: LatestSlot, drops: DropCounter, tolerance: float = 0.02,
                  clock=None) -> None:
@@ -113,8 +148,8 @@ class FrameSync:
         self.drops = drops
         self.tolerance = float(tolerance)
         self._clock = clock or time.monotonic
-        self.left_info: Any = None
-        self.right_info: Any = None
+        self.left_infos = InfoCache()
+        self.right_infos = InfoCache()
         self._pending: Any = None
         self._partners: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
         self.frames_in = 0  # left images received
@@ -122,11 +157,11 @@ class FrameSync:
 
     # ------------------------------------------------------------------------------------------ callbacks
     def on_left_info(self, msg: Any) -> None:
-        self.left_info = msg
+        self.left_infos.add(msg)
         self._try_emit()
 
     def on_right_info(self, msg: Any) -> None:
-        self.right_info = msg
+        self.right_infos.add(msg)
         self._try_emit()
 
     def on_left(self, msg: Any) -> None:
@@ -142,8 +177,14 @@ class FrameSync:
         self._try_emit()
 
     # ------------------------------------------------------------------------------------------ matching
+    def _infos(self, t: float):
+        left = self.left_infos.for_stamp(t, self.tolerance)
+        right = self.right_infos.for_stamp(t, self.tolerance) if self.mode == "stereo" else None
+        ok = left is not None and (self.mode != "stereo" or right is not None)
+        return ok, left, right
+
     def _waiting_for(self) -> str:
-        if self.left_info is None or (self.mode == "stereo" and self.right_info is None):
+        if self._pending is not None and not self._infos(stamp_seconds(self._pending))[0]:
             return "no_camera_info"
         return "unpaired"
 
@@ -161,10 +202,13 @@ class FrameSync:
 
     def _try_emit(self) -> None:
         left = self._pending
-        if left is None or self._waiting_for() == "no_camera_info":
+        if left is None:
             return
         t = stamp_seconds(left)
-        fs = FrameSet(left=left, left_info=self.left_info)
+        have_infos, left_info, right_info = self._infos(t)
+        if not have_infos:
+            return
+        fs = FrameSet(left=left, left_info=left_info)
         if self.mode != "mono":
             partner = self._match(t)
             if partner is None:
@@ -176,7 +220,7 @@ class FrameSync:
             while self._partners and self._partners.popleft() is not partner:
                 pass
             if self.mode == "stereo":
-                fs.right, fs.right_info = partner, self.right_info
+                fs.right, fs.right_info = partner, right_info
             else:
                 fs.depth = partner
         self._pending = None
