@@ -212,9 +212,10 @@ class LossWeights:
 
 def ssc_losses(logits: torch.Tensor, target: torch.Tensor, class_weights: Optional[torch.Tensor] = None,
                weights: LossWeights = LossWeights(), depth_prob: Optional[torch.Tensor] = None,
-               lidar_depth: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+               lidar_depth: Optional[torch.Tensor] = None, dbound: Tuple[float, float, float] = DBOUND
+               ) -> Dict[str, torch.Tensor]:
     """All ScanSSC training terms (already weighted) and their sum under ``"total"``. Terms with weight 0 are
-    skipped; the depth term needs both ``depth_prob`` and ``lidar_depth``."""
+    skipped; the depth term needs both ``depth_prob`` and ``lidar_depth`` (bins of ``dbound``, the model's)."""
     terms: Dict[str, torch.Tensor] = {}
     if weights.ce:
         terms["ce"] = weights.ce * ce_loss(logits, target, class_weights)
@@ -225,6 +226,6 @@ def ssc_losses(logits: torch.Tensor, target: torch.Tensor, class_weights: Option
     if weights.scan:
         terms["scan"] = weights.scan * scan_loss(logits, target)
     if weights.depth and depth_prob is not None and lidar_depth is not None:
-        terms["depth"] = weights.depth * depth_kl_loss(depth_prob, lidar_depth)
+        terms["depth"] = weights.depth * depth_kl_loss(depth_prob, lidar_depth, dbound)
     terms["total"] = sum(terms.values())
     return terms

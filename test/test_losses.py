@@ -257,3 +257,19 @@ def test_bad_target_ids_rejected():
     target[0, 0, 0, 0] = C  # not a class and not 255
     with pytest.raises(ValueError):
         losses.scan_loss(logits, target)
+
+
+def test_depth_term_uses_the_models_bins():
+    """lite has 56 bins of 1 m: the total must build its depth target from the model's dbound, not the default."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 20, 8, 8, 4)
+    target = torch.randint(0, 20, (1, 8, 8, 4))
+    lidar = torch.zeros(1, 1, 32, 64)
+    lidar[..., 10:20, 5:40] = 12.3
+    coarse = (2.0, 58.0, 1.0)
+    prob = torch.softmax(torch.randn(1, 56, 4, 8), dim=1)
+    terms = losses.ssc_losses(logits, target, depth_prob=prob, lidar_depth=lidar, dbound=coarse)
+    assert torch.isfinite(terms["depth"])
+    assert terms["depth"] == pytest.approx(1e-4 * losses.depth_kl_loss(prob, lidar, coarse).item())
+    with pytest.raises(ValueError, match="56"):
+        losses.ssc_losses(logits, target, depth_prob=prob, lidar_depth=lidar)

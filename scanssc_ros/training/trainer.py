@@ -142,13 +142,14 @@ def step_seed(seed: int, step: int, micro: int) -> int:
 
 
 def compute_losses(out: ModelOutputs, batch: SscBatch, factor: int, num_classes: int,
-                   class_weights: Optional[torch.Tensor], weights: LossWeights) -> Dict[str, torch.Tensor]:
+                   class_weights: Optional[torch.Tensor], weights: LossWeights,
+                   dbound: Tuple[float, float, float]) -> Dict[str, torch.Tensor]:
     """Every loss term in fp32 on the model grid (targets downsampled by ``factor``)."""
     if batch.target is None:
         raise ValueError(f"training frame {batch.sequence[0]}/{batch.frame_id[0]} has no ground truth")
     target = downsample_labels(batch.target, factor, num_classes)
     depth = out.depth.float() if batch.lidar_depth is not None else None
-    return ssc_losses(out.logits.float(), target, class_weights, weights, depth, batch.lidar_depth)
+    return ssc_losses(out.logits.float(), target, class_weights, weights, depth, batch.lidar_depth, dbound)
 
 
 def _info(ctx: DistContext, msg: str) -> None:
@@ -375,7 +376,7 @@ class Trainer:
                 with autocast(ctx.device, o.precision):
                     out = self.ddp(model_inputs(batch, o.data.depth_mode))
                 terms = compute_losses(out, batch, self.factor, self.config.num_classes, self.class_weights,
-                                       self.loss_weights)
+                                       self.loss_weights, self.config.dbound)
                 self.scaler.scale(terms["total"] / o.grad_accum).backward()
             keys = list(terms)
             vec = torch.stack([terms[k].detach().float() for k in keys]) / o.grad_accum
