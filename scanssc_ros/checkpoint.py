@@ -41,7 +41,8 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable scanssc_ros checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path} is not a readable scanssc_ros checkpoint ({type(e).__name__}: "
+                         f"{_load_error_reason(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a scanssc_ros checkpoint (format {fmt!r}, expected {FORMAT!r})")
@@ -49,6 +50,20 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
         if not isinstance(payload.get(key), dict):
             raise ValueError(f"{path}: checkpoint has no {key!r} dict")
     return payload
+
+
+def _load_error_reason(exc: BaseException, limit: int = 160) -> str:
+    """One short line from torch.load's error. Its unpickling errors span many lines and advise
+    ``weights_only=False`` (arbitrary code execution), which is never the fix for a corrupt file."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return "empty or truncated file"
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line and i + 1 < len(lines):
+            lines = [f"not a torch checkpoint: unpickling failed with {lines[i + 1]!r}"]
+            break
+    text = lines[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str = "state_dict") -> None:

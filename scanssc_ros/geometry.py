@@ -215,9 +215,14 @@ def intrinsics_from_k_p(k: np.ndarray, p: np.ndarray) -> np.ndarray:
     K = np.asarray(k, np.float64).reshape(3, 3)
     if not np.any(K):
         K = np.asarray(p, np.float64).reshape(3, 4)[:, :3].copy()
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] == 0:
-        raise ValueError(f"unusable camera intrinsics (K and P give fx={K[0, 0]}, fy={K[1, 1]})")
-    return K / K[2, 2]
+    with np.errstate(all="ignore"):
+        scaled = K / K[2, 2]
+    # checked after scaling: a negative K[2,2] would otherwise flip the focal lengths' signs unnoticed
+    if (not np.all(np.isfinite(K))) or K[2, 2] == 0 or not np.all(np.isfinite(scaled)) or scaled[0, 0] <= 0 \
+            or scaled[1, 1] <= 0 or np.any(scaled[2, :2] != 0):
+        raise ValueError(f"unusable camera intrinsics (K and P give fx={K[0, 0]}, fy={K[1, 1]}, "
+                         f"last row {K[2].tolist()})")
+    return scaled
 
 
 # ------------------------------------------------------------------------------ training data (datasets)

@@ -31,6 +31,7 @@ from scanssc_ros.model.timing import stage
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 UNKNOWN = 255
+MIN_IMAGE_SIDE = 8  # px; smaller images carry no usable content and break the resize/crop arithmetic
 _PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -96,7 +97,7 @@ class Predictor:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be a uint8 HxWx3 RGB array, got {desc}")
-        if image.shape[0] < 8 or image.shape[1] < 8:
+        if image.shape[0] < MIN_IMAGE_SIDE or image.shape[1] < MIN_IMAGE_SIDE:
             raise ValueError(f"image too small: {image.shape}")
         for name, m, shape in (("K", K, (3, 3)), ("T_cam_grid", T, (4, 4))):
             m = np.asarray(m)

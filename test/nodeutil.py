@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, List, Optional
+from collections import deque
+from typing import Callable, Deque, List, Optional
 
 import numpy as np
 
@@ -57,12 +58,14 @@ def textured_pair(seed: int, disparity: int = 20):
 
 class FakePredictor:
     """Stands in for :class:`scanssc_ros.predictor.Predictor`: tiny-variant grid, a fixed scene, optional delay.
-    It records the stamp-like ``tag`` (mean of the first pixel row) of every image it gets."""
+    It records the inputs of every call (the last ``keep_calls``); ``fail_next`` calls raise RuntimeError, as a
+    model fault (e.g. out of memory) would."""
 
-    def __init__(self, delay: float = 0.0, name: str = "tiny") -> None:
+    def __init__(self, delay: float = 0.0, name: str = "tiny", keep_calls: int = 100) -> None:
         self.config = variant(name)
         self.delay = delay
-        self.calls: List[dict] = []
+        self.calls: Deque[dict] = deque(maxlen=keep_calls)
+        self.fail_next = 0
         X, Y, Z = self.config.grid_dims
         labels = np.zeros((X, Y, Z), np.uint8)
         labels[:, :, 0] = 9  # road
@@ -74,9 +77,83 @@ class FakePredictor:
 
     def predict(self, image, K, T, stereo_depth=None) -> Prediction:
         self.calls.append(dict(shape=image.shape, K=np.array(K), stereo=stereo_depth))
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise RuntimeError("injected model fault")
         if self.delay:
             time.sleep(self.delay)
         return Prediction(labels=self.labels.copy(), confidence=self.confidence.copy(), timings={"total": 1.0})
+
+
+def make_node(ctx, predictor, **params):
+    """An in-process ScanSSCNode with test-friendly defaults (no warm-up, every voxel drawn, reliable inputs)."""
+    from rclpy.parameter import Parameter
+
+    from scanssc_ros.ros.node import ScanSSCNode
+
+    base = dict(allow_untrained=True, warmup=False, surface_only=False, max_voxels=0, publish_tf=False,
+                input_reliability="reliable", diagnostics_period=0.2)
+    base.update(params)
+    return ScanSSCNode(predictor=predictor, context=ctx,
+                       parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
+
+
+class Probe:
+    """Test-side node: publishes camera inputs into the node's namespace-relative topics, records outputs,
+    /diagnostics and the node's /rosout lines."""
+
+    def __init__(self, ctx, node_name: str = "scanssc_node") -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rcl_interfaces.msg import Log
+        from rclpy.node import Node
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from scanssc_ros.msg import SemanticVoxelGrid
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.node = Node("pipeline_probe", context=ctx)
+        self.node_name = node_name
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.got = {"grid": [], "markers": [], "cloud": [], "diag": []}
+        self.logs: List = []
+        for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
+                                ("cloud", PointCloud2, "voxel_cloud")):
+            self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, qos)
+        self.node.create_subscription(Log, "/rosout", self._on_log, QoSProfile(depth=100))
+        self.pub = {name: self.node.create_publisher(typ, name, qos) for name, typ in (
+            ("left/image_rect", Image), ("left/camera_info", CameraInfo),
+            ("right/image_rect", Image), ("right/camera_info", CameraInfo), ("depth/image", Image))}
+
+    def _on_log(self, msg) -> None:
+        if msg.name == self.node_name:
+            self.logs.append(msg)
+
+    def logged(self, text: str) -> bool:
+        return any(text in m.msg for m in self.logs)
+
+    def connected(self, names) -> bool:
+        return all(self.pub[n].get_subscription_count() > 0 for n in names)
+
+    def send_stereo(self, t: float, seed: int = 0, **left_kwargs) -> None:
+        left, right = textured_pair(seed)
+        self.pub["left/camera_info"].publish(info_msg(P_LEFT, t))
+        self.pub["right/camera_info"].publish(info_msg(P_RIGHT, t, frame="camera_right"))
+        self.pub["right/image_rect"].publish(image_msg(right, t, frame="camera_right"))
+        self.pub["left/image_rect"].publish(image_msg(left, t, **left_kwargs))
+
+    def stamps(self, key: str):
+        headers = [m.markers[0].header if key == "markers" else m.header for m in self.got[key]]
+        return [h.stamp.sec + 1e-9 * h.stamp.nanosec for h in headers]
+
+    def diag_value(self, key: str) -> Optional[str]:
+        """The newest /diagnostics value of ``key`` (None when not reported yet)."""
+        for d in reversed(self.got["diag"]):
+            for status in d.status:
+                for kv in status.values:
+                    if kv.key == key:
+                        return kv.value
+        return None
 
 
 class Graph:

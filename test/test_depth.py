@@ -76,6 +76,15 @@ def test_sgbm_recovers_synthetic_shift():
     assert np.median(z[z > 0]) == pytest.approx(100.0 * 0.6 / d_true, rel=0.03)
 
 
+@pytest.mark.parametrize("width", [40, 191, 192])
+def test_sgbm_refuses_images_not_wider_than_the_disparity_range(width):
+    # OpenCV raises for these, and 191 (num_disparities - 1) crashed the process (SIGSEGV/SIGFPE, opencv 5.0.0)
+    img = np.random.default_rng(0).integers(0, 256, (12, width, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="SGBM needs more than num_disparities = 192 px"):
+        depth.sgbm_disparity(img, img)
+    assert depth.sgbm_disparity(img[:, :1].repeat(193, axis=1), img[:, :1].repeat(193, axis=1)).shape == (12, 193)
+
+
 def test_min_valid_depth_pool_matches_loops():
     g = torch.Generator().manual_seed(0)
     d = torch.rand(2, 1, 16, 24, generator=g) * 50

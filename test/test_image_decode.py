@@ -191,6 +191,11 @@ def test_camera_info_k_preferred_and_p_filled() -> None:
     (dict(p=KITTI_P2, height=0), "zero image size"),
     (dict(), "unusable"),
     (dict(k=np.full(9, np.nan)), "unusable"),
+    # a negative K[2,2] used to flip fx and fy to negative values unnoticed
+    (dict(k=np.array([[500.0, 0, 320], [0, 510, 240], [0, 0, -1]])), "unusable"),
+    (dict(k=np.array([[500.0, 0, 320], [0, 510, 240], [0.1, 0, 1]])), "unusable"),
+    (dict(k=["a"] * 9), "not a list of numbers"),
+    (dict(p=KITTI_P2, width=float("inf")), "not integer"),
 ])
 def test_camera_info_errors(kwargs, match) -> None:
     with pytest.raises(CameraInfoError, match=match):

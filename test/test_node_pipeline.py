@@ -16,64 +16,16 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test
 
 from nodeutil import (  # noqa: E402
     P_LEFT,
-    P_RIGHT,
     FakePredictor,
     Graph,
+    Probe,
     image_msg,
     info_msg,
+    make_node,
     same_voxels,
     textured_pair,
     wait_for,
 )
-
-
-def _node(ctx, predictor, **params):
-    from rclpy.parameter import Parameter
-
-    from scanssc_ros.ros.node import ScanSSCNode
-
-    base = dict(allow_untrained=True, warmup=False, surface_only=False, max_voxels=0, publish_tf=False,
-                input_reliability="reliable", diagnostics_period=0.2)
-    base.update(params)
-    return ScanSSCNode(predictor=predictor, context=ctx,
-                       parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
-
-
-class Probe:
-    """Test-side node: publishes camera inputs into the node's namespace-relative topics, records outputs."""
-
-    def __init__(self, ctx, node_name: str = "scanssc_node") -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.node import Node
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from scanssc_ros.msg import SemanticVoxelGrid
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-        from visualization_msgs.msg import MarkerArray
-
-        self.node = Node("pipeline_probe", context=ctx)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.got = {"grid": [], "markers": [], "cloud": [], "diag": []}
-        for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud")):
-            self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, qos)
-        self.pub = {name: self.node.create_publisher(typ, name, qos) for name, typ in (
-            ("left/image_rect", Image), ("left/camera_info", CameraInfo),
-            ("right/image_rect", Image), ("right/camera_info", CameraInfo), ("depth/image", Image))}
-
-    def connected(self, names) -> bool:
-        return all(self.pub[n].get_subscription_count() > 0 for n in names)
-
-    def send_stereo(self, t: float, seed: int = 0, **left_kwargs) -> None:
-        left, right = textured_pair(seed)
-        self.pub["left/camera_info"].publish(info_msg(P_LEFT, t))
-        self.pub["right/camera_info"].publish(info_msg(P_RIGHT, t, frame="camera_right"))
-        self.pub["right/image_rect"].publish(image_msg(right, t, frame="camera_right"))
-        self.pub["left/image_rect"].publish(image_msg(left, t, **left_kwargs))
-
-    def stamps(self, key: str):
-        headers = [m.markers[0].header if key == "markers" else m.header for m in self.got[key]]
-        return [h.stamp.sec + 1e-9 * h.stamp.nanosec for h in headers]
 
 
 @pytest.fixture()
@@ -81,7 +33,7 @@ def graph_factory(ros_context):
     made = []
 
     def make(predictor, **params):
-        node = _node(ros_context, predictor, **params)
+        node = make_node(ros_context, predictor, **params)
         probe = Probe(ros_context)
         graph = Graph(ros_context, node, probe.node)
         made.append((node, probe, graph))
@@ -167,7 +119,11 @@ def test_slow_model_stays_on_newest_frames_and_answers_parameters(graph_factory)
     assert out[-1] >= sent[-2] - 1e-9, (out[-1], sent[-3:])  # the newest frames, not a backlog
     assert 4 <= len(out) <= 9, out  # ~0.5 s per frame over 3 s
     drops = node.drops.snapshot()
-    assert drops.get("superseded", 0) + len(out) == len(sent), (drops, len(out))
+    # with input_depth 1 the middleware itself may overwrite an image the busy executor has not taken yet (seen
+    # on a loaded 2-core machine); the node accounts for every image it received
+    received = node.stats.frames_in
+    assert len(sent) - 3 <= received <= len(sent), (received, len(sent))
+    assert drops.get("superseded", 0) + len(out) == received, (drops, len(out), received)
     assert max(answer_times) < 1.0, answer_times
     # the drops are reported on /diagnostics
     assert wait_for(lambda: any(kv.key == "frames_dropped" and int(kv.value) == drops["superseded"]

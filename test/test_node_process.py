@@ -1,13 +1,22 @@
-"""The installed scanssc_node executable: starts from the params file, joins the graph, stops on SIGINT, and
-refuses bad parameters with a clear message."""
+"""The installed scanssc_node executable: starts from the params file, joins the graph, stops on SIGINT (idle, during
+start-up, and in the middle of an inference, then starts again), and refuses bad parameters with a clear message.
+
+Stop times measured on a loaded 2-core machine (docs/reliability.md): idle 0.6-0.75 s after SIGINT (0.1 s to notice
+the signal between spin_once calls, ~0.5 s of interpreter teardown), during an inference 1.2 s (the worker's 1 s
+grace period, then os._exit), during start-up 0.1-0.3 s. The bounds leave a margin for a busier machine and still
+catch the 7-10 s stops seen before start-up could be interrupted.
+"""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import List, Tuple
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -15,17 +24,60 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
 PARAMS = REPO / "config" / "scanssc.yaml"
-# generous: importing rclpy + torch on a loaded 2-core machine can take tens of seconds
+# generous: importing rclpy + torch and building the lite model on a loaded 2-core machine can take tens of seconds
 STARTUP_TIMEOUT = 120.0
+STOP_LIMIT = 2.0  # seconds from SIGINT to exit, idle or busy
 
 
-def _start(*ros_args: str, name: str) -> subprocess.Popen:
-    if not EXECUTABLE.is_file():
-        pytest.skip(f"{EXECUTABLE} not built; run `make test`")
-    cmd = [str(EXECUTABLE), "--ros-args", "--params-file", str(PARAMS), "-r", f"__node:={name}",
-           "-p", "allow_untrained:=true", *ros_args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+class NodeProcess:
+    """The executable with its stderr read line by line in the background (timestamped)."""
+
+    def __init__(self, *ros_args: str, name: str) -> None:
+        if not EXECUTABLE.is_file():
+            pytest.skip(f"{EXECUTABLE} not built; run `make test`")
+        cmd = [str(EXECUTABLE), "--ros-args", "--params-file", str(PARAMS), "-r", f"__node:={name}",
+               "-p", "allow_untrained:=true", *ros_args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.lines: List[Tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = STARTUP_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for _, line in self.lines):
+                return True
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        return any(text in line for _, line in self.lines)
+
+    def interrupt(self, timeout: float = 30.0) -> Tuple[int, float]:
+        """SIGINT, then (exit code, seconds until the process was gone)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"no exit {timeout:.0f} s after SIGINT\nstderr:\n{self.stderr}")
+        elapsed = time.monotonic() - t0
+        self._reader.join(5.0)
+        return rc, elapsed
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _node_names(ctx, timeout: float, wanted: str) -> bool:
@@ -45,28 +97,102 @@ def _node_names(ctx, timeout: float, wanted: str) -> bool:
 
 def test_node_starts_joins_graph_and_stops_on_sigint(ros_context):
     name = f"scanssc_it_{os.getpid()}"
-    proc = _start(name=name)
+    node = NodeProcess(name=name)
     try:
-        appeared = _node_names(ros_context, STARTUP_TIMEOUT, name)
-        assert appeared, f"node never appeared (exit code {proc.poll()})"
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"no exit 30 s after SIGINT\nstdout:\n{out}\nstderr:\n{err}")
-        elapsed = time.monotonic() - t0
+        assert node.wait_for_line("scanssc_node ready"), f"not ready (exit {node.proc.poll()})\n{node.stderr}"
+        assert _node_names(ros_context, 30.0, name), "node never appeared in the graph"
+        rc, elapsed = node.interrupt()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    out, err = proc.communicate()
-    assert rc == 0, f"exit code {rc}\nstdout:\n{out}\nstderr:\n{err}"
-    # measured 9.7 s on 2 cores while a compiler ran beside it; a hang is caught by the wait above
-    assert elapsed < 20.0, f"took {elapsed:.1f} s to stop"
-    print(f"stopped {elapsed:.2f} s after SIGINT")
-    assert "Traceback" not in err
+        node.kill()
+    assert rc == 0, f"exit code {rc}\n{node.stderr}"
+    print(f"idle: stopped {elapsed:.2f} s after SIGINT")
+    assert elapsed < STOP_LIMIT, f"took {elapsed:.2f} s to stop\n{node.stderr}"
+    assert "Traceback" not in node.stderr
+
+
+def test_sigint_during_startup_stops_at_once():
+    # this warning comes before the model is built and warmed up (seconds for 'lite' on a slow CPU)
+    node = NodeProcess("-p", "variant:=lite", name=f"scanssc_early_{os.getpid()}")
+    try:
+        assert node.wait_for_line("running an UNTRAINED"), node.stderr
+        rc, elapsed = node.interrupt()
+    finally:
+        node.kill()
+    print(f"start-up: stopped {elapsed:.2f} s after SIGINT")
+    assert rc == 0 and "interrupted during start-up" in node.stderr, f"exit {rc}\n{node.stderr}"
+    assert elapsed < STOP_LIMIT, f"took {elapsed:.2f} s to stop\n{node.stderr}"
+    assert "Traceback" not in node.stderr and "scanssc_node ready" not in node.stderr
+
+
+def _kitti_size_inputs():
+    from nodeutil import P_LEFT, P_RIGHT, image_msg, info_msg
+
+    w, h = 1226, 370
+    rows = lambda P: [v * 2 if i < 8 else v for i, v in enumerate(P)]  # noqa: E731 - nodeutil's P are half size
+    wide = np.random.default_rng(0).integers(0, 256, size=(h, w + 30, 3), dtype=np.uint8)
+    left, right = np.ascontiguousarray(wide[:, 30:]), np.ascontiguousarray(wide[:, :w])
+
+    def frame(t: float):
+        return {"left/camera_info": info_msg(rows(P_LEFT), t, w=w, h=h),
+                "right/camera_info": info_msg(rows(P_RIGHT), t, frame="camera_right", w=w, h=h),
+                "right/image_rect": image_msg(right, t, frame="camera_right"),
+                "left/image_rect": image_msg(left, t)}
+    return frame
+
+
+def test_sigint_while_inferring_exits_within_2s_and_restarts(ros_context):
+    """The real (untrained) lite model on KITTI-size stereo frames at 2 Hz: the node is always busy. SIGINT one
+    second into an inference must end the process with status 0 within STOP_LIMIT; a new start works."""
+    from nodeutil import Graph, Probe, wait_for
+
+    name = f"scanssc_busy_{os.getpid()}"
+    args = ("-p", "variant:=lite", "-p", "warmup:=false", "-p", "input_reliability:=reliable",
+            "-p", "diagnostics_period:=0.2")
+    probe = Probe(ros_context, node_name=name)
+    graph = Graph(ros_context, probe.node)
+    frame = _kitti_size_inputs()
+    feeding = threading.Event()
+
+    def feed() -> None:
+        i = 0
+        while feeding.is_set():
+            for topic, msg in frame(100.0 + 0.5 * i).items():
+                probe.pub[topic].publish(msg)
+            i += 1
+            time.sleep(0.5)
+
+    node = NodeProcess(*args, name=name)
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        assert node.wait_for_line("scanssc_node ready"), node.stderr
+        assert wait_for(lambda: probe.connected(["left/image_rect", "right/image_rect"]), 30.0)
+        feeding.set()
+        feeder.start()
+        # after the first output the worker goes straight on with the newest frame
+        assert wait_for(lambda: int(probe.diag_value("frames_published") or 0) >= 1, 120.0), node.stderr
+        time.sleep(1.0)
+        rc, elapsed = node.interrupt()
+    finally:
+        feeding.clear()
+        node.kill()
+    print(f"busy: stopped {elapsed:.2f} s after SIGINT; inference "
+          f"{probe.diag_value('latency_ms/model/total') or probe.diag_value('latency_ms/inference')} ms")
+    assert rc == 0, f"exit code {rc}\n{node.stderr}"
+    assert "an inference was still running" in node.stderr, f"SIGINT did not land in an inference\n{node.stderr}"
+    assert elapsed < STOP_LIMIT, f"took {elapsed:.2f} s to stop\n{node.stderr}"
+    assert "Traceback" not in node.stderr
+    feeder.join(2.0)
+
+    again = NodeProcess(*args, name=name)
+    try:
+        assert again.wait_for_line("scanssc_node ready"), f"restart failed\n{again.stderr}"
+        rc, elapsed = again.interrupt()
+    finally:
+        again.kill()
+        graph.close()
+        probe.node.destroy_node()
+    print(f"restart: ready, stopped {elapsed:.2f} s after SIGINT")
+    assert rc == 0 and elapsed < STOP_LIMIT, f"exit {rc} after {elapsed:.2f} s\n{again.stderr}"
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -76,12 +202,12 @@ def test_node_starts_joins_graph_and_stops_on_sigint(ros_context):
     ("max_voxels:=-3", "max_voxels"),
 ])
 def test_out_of_range_parameter_is_a_clear_error(override, needle):
-    proc = _start("-p", override, name=f"scanssc_bad_{os.getpid()}")
+    node = NodeProcess("-p", override, name=f"scanssc_bad_{os.getpid()}")
     try:
-        out, err = proc.communicate(timeout=STARTUP_TIMEOUT)
+        rc = node.proc.wait(timeout=STARTUP_TIMEOUT)
+        node._reader.join(5.0)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{out}\n{err}"
-    assert "invalid parameters" in err and needle in err, err
-    assert "Traceback" not in err
+        node.kill()
+    assert rc == 2, f"exit {rc}\n{node.stderr}"
+    assert "invalid parameters" in node.stderr and needle in node.stderr, node.stderr
+    assert "Traceback" not in node.stderr

@@ -22,11 +22,13 @@ sqlite3`` (readability of v8 metadata by Humble's rosbag2 is inferred, not verif
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -96,6 +98,26 @@ def _read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _read_input(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)`` with any parse or I/O error turned into one KittiBagError line that names the file."""
+    try:
+        return read(path)
+    except (ValueError, OSError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KittiBagError(text if str(path) in text else f"{path}: {text}") from None
+
+
+@contextmanager
+def _removed_on_failure(out_bag: Path) -> Iterator[None]:
+    """Delete the bag being written when an error or Ctrl-C cuts it short: a partial bag reads like a complete
+    one, and a rerun would refuse the existing directory."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(out_bag, ignore_errors=True)
+        raise
+
+
 def _available_frames(seq: Path) -> List[int]:
     return sorted(int(p.stem) for p in (seq / "image_2").glob("*.png") if p.stem.isdigit())
 
@@ -123,10 +145,12 @@ def convert_sequence(seq_dir: Path, out_bag: Path, *, storage: str = "mcap", ver
     if out_bag.exists():
         raise KittiBagError(f"{out_bag} exists already; choose a new output directory")
 
-    calib = read_kitti_calib(seq_dir / "calib.txt")
+    calib = _read_input(seq_dir / "calib.txt", read_kitti_calib)
     if "P3" not in calib:
         raise KittiBagError(f"{seq_dir / 'calib.txt'}: P3 missing")
-    times = np.loadtxt(seq_dir / "times.txt", dtype=np.float64, ndmin=1)
+    times = _read_input(seq_dir / "times.txt", lambda p: np.loadtxt(p, dtype=np.float64, ndmin=1))
+    if times.ndim != 1 or not np.all(np.isfinite(times)):
+        raise KittiBagError(f"{seq_dir / 'times.txt'}: expected one finite time in seconds per line")
     available = set(_available_frames(seq_dir))
     wanted = sorted(available) if frames is None else sorted(set(int(f) for f in frames))
     missing = [f for f in wanted if f not in available or f >= times.size]
@@ -164,7 +188,7 @@ def convert_sequence(seq_dir: Path, out_bag: Path, *, storage: str = "mcap", ver
     t_start = time.perf_counter()
 
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-    with Writer(out_bag, version=version, storage_plugin=plugin) as writer:
+    with _removed_on_failure(out_bag), Writer(out_bag, version=version, storage_plugin=plugin) as writer:
         conns = {}
 
         def connect(topic: str, msgtype: str, profiles: List[Qos]) -> None:

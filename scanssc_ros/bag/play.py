@@ -277,7 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          wait_subscribers=args.wait_subscribers,
                          log=lambda s: print(s, file=sys.stderr))
     except BagError as exc:
-        print(f"scanssc-play: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(f"scanssc-play: error: {text if str(args.bag) in text else f'{args.bag}: {text}'}", file=sys.stderr)
         return EXIT_BAG_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -60,6 +60,11 @@ def sgbm_disparity(left: np.ndarray, right: np.ndarray, params: SgbmParams = Sgb
     """
     if left.shape != right.shape:
         raise ValueError(f"stereo pair shapes differ: {left.shape} vs {right.shape}")
+    if left.shape[1] <= params.num_disparities:
+        # OpenCV raises for narrower images, and a width of num_disparities - 1 crashes the process (SIGSEGV/SIGFPE
+        # seen with opencv 5.0.0): never hand it such a pair
+        raise ValueError(f"stereo images {left.shape[1]} px wide; SGBM needs more than num_disparities = "
+                         f"{params.num_disparities} px")
     if left.ndim == 3:
         left, right = cv2.cvtColor(left, cv2.COLOR_RGB2GRAY), cv2.cvtColor(right, cv2.COLOR_RGB2GRAY)
     raw = params.matcher().compute(left, right)  # int16, 16x fixed point; invalid = (minDisparity - 1) * 16

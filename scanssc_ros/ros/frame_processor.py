@@ -14,7 +14,7 @@ import numpy as np
 
 from scanssc_ros.data.depth import SgbmParams, stereo_depth
 from scanssc_ros.geometry import stereo_baseline
-from scanssc_ros.predictor import Prediction
+from scanssc_ros.predictor import MIN_IMAGE_SIDE, Prediction
 from scanssc_ros.ros.frame_sync import FrameSet
 from scanssc_ros.ros.image_decode import (
     CameraInfoError,
@@ -38,6 +38,7 @@ class FrameResult:
     camera_frame: str
     prediction: Prediction
     timings: Dict[str, float] = field(default_factory=dict)  # ms: decode, depth_prior, inference
+    distorted: bool = False  # the left camera_info has nonzero distortion coefficients (the node does not undistort)
 
 
 def _cv_bridge_rgb() -> Optional[Callable[[Any], np.ndarray]]:
@@ -65,10 +66,12 @@ def _cv_bridge_rgb() -> Optional[Callable[[Any], np.ndarray]]:
 def _check_size(msg: Any, topic: str) -> None:
     try:
         h, w = int(msg.height), int(msg.width)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FrameError(f"{topic}: image size {msg.width!r}x{msg.height!r} is not integer") from None
     if h <= 0 or w <= 0:
         raise FrameError(f"{topic}: empty image ({w}x{h})")
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        raise FrameError(f"{topic}: image {w}x{h} is smaller than the {MIN_IMAGE_SIDE} px minimum")
     if h * w > MAX_PIXELS:
         raise FrameError(f"{topic}: image {w}x{h} exceeds the {MAX_PIXELS} pixel limit")
 
@@ -131,13 +134,19 @@ class FrameProcessor:
             if right.shape != rgb.shape:
                 raise FrameError(f"right/image_rect is {right.shape[1]}x{right.shape[0]} but the left image is "
                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
+            if not (np.all(np.isfinite(cam.P)) and np.all(np.isfinite(rcam.P)) and cam.P[0, 0] > 0):
+                raise FrameError("stereo baseline: the camera_info P matrices are not finite or have no focal "
+                                 f"length (left P[0,0] = {cam.P[0, 0]})")
             baseline = stereo_baseline(cam.P, rcam.P)
             if not (np.isfinite(baseline) and baseline > 0):
                 raise FrameError(f"stereo baseline from the camera_info P matrices is {baseline:.4f} m; expected "
                                  "> 0 (right camera to the right of the left one, P[0,3] = -fx * baseline)")
             timings["decode"] = (time.perf_counter() - t0) * 1e3
             t1 = time.perf_counter()
-            prior = stereo_depth(rgb, right, float(cam.K[0, 0]), baseline, self.sgbm)
+            try:
+                prior = stereo_depth(rgb, right, float(cam.K[0, 0]), baseline, self.sgbm)
+            except ValueError as exc:  # e.g. images narrower than the SGBM disparity range
+                raise FrameError(f"stereo matching: {exc}") from None
             timings["depth_prior"] = (time.perf_counter() - t1) * 1e3
         elif fs.depth is not None:
             prior = self.depth(fs.depth, "depth/image", rgb.shape[:2])
@@ -151,4 +160,4 @@ class FrameProcessor:
             raise FrameError(f"rejected by the predictor: {exc}") from None
         timings["inference"] = (time.perf_counter() - t2) * 1e3
         return FrameResult(stamp=fs.left.header.stamp, camera_frame=cam.frame_id or str(fs.left.header.frame_id),
-                           prediction=prediction, timings=timings)
+                           prediction=prediction, timings=timings, distorted=cam.distorted)

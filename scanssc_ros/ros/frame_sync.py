@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Deque, Dict, Optional
 
 MODES = ("stereo", "depth", "mono")
+PARTNER_TOPIC = {"stereo": "right/image_rect", "depth": "depth/image"}
 PARTNER_BUFFER = 8  # partner images / infos kept for matching; a few frame periods of jitter at camera rates
 INFO_WAIT_LIMIT = 1.0  # s: an image waits for its own camera_info only while the latest info is this recent
 
@@ -154,6 +155,18 @@ class FrameSync:
         self._partners: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
         self.frames_in = 0  # left images received
         self.sets_out = 0
+        # why the last left image was given up as unpaired (cleared by the reader): pairing failures are
+        # otherwise silent, and a clock offset between cameras makes every frame fail
+        self.unpaired_reason: Optional[str] = None
+
+    @property
+    def left_info(self) -> Any:
+        """The latest left camera_info (None before the first)."""
+        return self.left_infos.latest
+
+    @property
+    def right_info(self) -> Any:
+        return self.right_infos.latest
 
     # ------------------------------------------------------------------------------------------ callbacks
     def on_left_info(self, msg: Any) -> None:
@@ -167,7 +180,10 @@ class FrameSync:
     def on_left(self, msg: Any) -> None:
         self.frames_in += 1
         if self._pending is not None:
-            self.drops.add(self._waiting_for())
+            if self._waiting_for() == "unpaired":
+                self._give_up(self._pending)
+            else:
+                self.drops.add("no_camera_info")
         self._pending = msg
         self._try_emit()
 
@@ -200,6 +216,17 @@ class FrameSync:
                 best, best_dt = m, dt
         return best
 
+    def _give_up(self, left: Any) -> None:
+        self.drops.add("unpaired")
+        topic = PARTNER_TOPIC[self.mode]
+        if not self._partners:
+            self.unpaired_reason = f"no {topic} message buffered"
+            return
+        t = stamp_seconds(left)
+        nearest = min((stamp_seconds(m) - t for m in self._partners), key=abs)
+        self.unpaired_reason = (f"the nearest {topic} stamp is {nearest:+.3f} s from the left image's "
+                                f"(sync_tolerance {self.tolerance:g} s)")
+
     def _try_emit(self) -> None:
         left = self._pending
         if left is None:
@@ -213,7 +240,7 @@ class FrameSync:
             partner = self._match(t)
             if partner is None:
                 if any(stamp_seconds(m) > t + self.tolerance for m in self._partners):
-                    self.drops.add("unpaired")  # its partner would have arrived before these
+                    self._give_up(left)  # its partner would have arrived before these
                     self._pending = None
                 return
             # the matched partner and older ones are no use to later (newer) left images

@@ -163,17 +163,23 @@ class CameraModel:
     distorted: bool  # any nonzero distortion coefficient: the image must be rectified before use
 
 
+def _numbers(values: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values, np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise CameraInfoError(f"camera_info {name} is not a list of numbers ({exc})") from None
+
+
 def camera_info_to_intrinsics(msg: Any) -> CameraModel:
     """CameraInfo -> :class:`CameraModel`. K falls back to P[:, :3] when K is all zeros (KITTI odometry bags);
     P falls back to [K | 0] when P is all zeros. Raises :class:`CameraInfoError` without a usable model."""
     try:
         width, height = int(msg.width), int(msg.height)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise CameraInfoError(f"camera_info size {msg.width!r}x{msg.height!r} is not integer") from exc
     if width <= 0 or height <= 0:
         raise CameraInfoError(f"camera_info has zero image size {width}x{height}: not calibrated")
-    k = np.asarray(msg.k, np.float64).reshape(-1)
-    p = np.asarray(msg.p, np.float64).reshape(-1)
+    k, p, d = (_numbers(getattr(msg, name, None), name) for name in ("k", "p", "d"))
     if k.size != 9 or p.size != 12:
         raise CameraInfoError(f"camera_info k/p have {k.size}/{p.size} values, expected 9/12")
     try:
@@ -183,7 +189,6 @@ def camera_info_to_intrinsics(msg: Any) -> CameraModel:
     P = p.reshape(3, 4).copy()
     if not np.any(P):
         P = np.hstack([K, np.zeros((3, 1))])
-    d = np.asarray(msg.d, np.float64).reshape(-1)
     header = getattr(msg, "header", None)
     frame_id = str(getattr(header, "frame_id", "")) if header is not None else ""
     return CameraModel(K=K, P=P, width=width, height=height, frame_id=frame_id, distorted=bool(np.any(d != 0)))

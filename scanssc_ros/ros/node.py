@@ -72,7 +72,8 @@ def load_predictor(params: Dict[str, Any], log: Any) -> Any:
                         "its output is meaningless")
             return Predictor.from_config(variant(params["variant"]), **kwargs)
         if not os.path.isfile(path):
-            raise StartupError(f"checkpoint {path!r} does not exist")
+            raise StartupError(f"checkpoint {path!r} " + ("is a directory, not a checkpoint file"
+                                                          if os.path.isdir(path) else "does not exist"))
         predictor = Predictor(path, **kwargs)
         check_variant(predictor.config, params["variant"], source=f"checkpoint {path!r}")
         return predictor
@@ -250,6 +251,10 @@ class ScanSSCNode(Node):
     def _on_left(self, msg: Any) -> None:
         self.stats.frame_in()
         self.sync.on_left(msg)
+        reason, self.sync.unpaired_reason = self.sync.unpaired_reason, None
+        if reason:
+            self._warn("unpaired", f"left image dropped, no partner within sync_tolerance: {reason}; are the "
+                       "cameras stamped from one clock, and is the partner topic remapped?")
         if self.sync.waiting_for_info():
             self._warn("info", "waiting for camera_info on left/camera_info"
                        + (" and right/camera_info" if self.sync.mode == "stereo" else "") + "; frames are dropped")
@@ -310,6 +315,10 @@ class ScanSSCNode(Node):
             self.drops.add("rejected")
             self._warn(f"frame:{str(exc)[:40]}", f"frame skipped: {exc}")
             return
+        if result.distorted:
+            self._warn("distorted", "left/camera_info has nonzero distortion coefficients: the node does not "
+                       "undistort, so left/image_rect must already be rectified (intrinsics are taken from K)",
+                       period=60.0)
         with self._lock:
             opts = self.output_opts
         wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.pubs.items()}
@@ -392,13 +401,27 @@ class ScanSSCNode(Node):
 
 def main(argv: Optional[List[str]] = None) -> int:
     # Our own SIGINT/SIGTERM handling: rclpy's handlers did not reliably end spin() in the PyPI wheels, and a
-    # flag checked between short spin_once() calls also stops the worker thread from one place.
+    # flag checked between short spin_once() calls also stops the worker thread from one place. During start-up
+    # (model load, warm-up: seconds) a signal interrupts the main thread instead, so a stop never waits for it.
     stop = threading.Event()
+    starting = [True]
+
+    def on_signal(*_: Any) -> None:
+        stop.set()
+        if starting[0]:
+            starting[0] = False  # a second signal while unwinding must not interrupt the clean-up
+            raise KeyboardInterrupt
+
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
         node = ScanSSCNode()
+        starting[0] = False
+    except KeyboardInterrupt:
+        print("[scanssc_node] interrupted during start-up", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 0
     except ParameterError as exc:
         print(f"[scanssc_node] invalid parameters: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
@@ -418,13 +441,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         t0 = time.monotonic()
         node.get_logger().info("shutting down")
         finished = node.close(timeout=1.0)
+        t1 = time.monotonic()
         executor.remove_node(node)
         node.destroy_node()
+        t2 = time.monotonic()
         rclpy.try_shutdown()
-        print(f"[scanssc_node] stopped in {time.monotonic() - t0:.2f} s", file=sys.stderr, flush=True)
+        t3 = time.monotonic()
+        print(f"[scanssc_node] stopped in {t3 - t0:.2f} s (worker {t1 - t0:.2f}, node {t2 - t1:.2f}, "
+              f"rclpy {t3 - t2:.2f})" + ("" if finished else "; an inference was still running: not waiting for it"),
+              file=sys.stderr, flush=True)
     if not finished:
-        # an inference is still running in the worker: do not wait for it (nor for the interpreter to tear
-        # down torch under it); everything the node owns is already closed
+        # the worker is inside an inference: do not wait for it (nor for the interpreter to tear down torch
+        # under it); everything the node owns is already closed
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

@@ -109,7 +109,7 @@ PARAMS: Tuple[ParamSpec, ...] = (
     # geometry
     ParamSpec("cam_from_grid", list(KITTI_CAM_FROM_GRID), "Row-major 4x4 transform from the voxel-grid frame "
               "(x forward, y left, z up) to the left camera's optical frame. Default: KITTI odometry (velodyne frame).",
-              length=16, check=_check_transform),
+              read_only=True, length=16, check=_check_transform),
     ParamSpec("grid_frame", "scanssc_grid", "Frame id of the voxel grid (published as a static TF child of the "
               "camera frame when publish_tf is true)."),
     ParamSpec("output_frame", "", "Frame of the published grid/markers/cloud. Empty: the camera frame from "
