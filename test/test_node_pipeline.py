@@ -16,6 +16,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test
 
 from nodeutil import (  # noqa: E402
     P_LEFT,
+    P_RIGHT,
     FakePredictor,
     Graph,
     Probe,
