@@ -232,7 +232,8 @@ CASES = [
     Case("stamps-never-match",
          send_frames(12, 10.0, lambda p, t: send_set(p, "stereo", t, right=image_msg(RIGHT, t + 0.05,
                                                                                         frame="camera_right"))),
-         {"unpaired": 12}, "the nearest right/image_rect stamp is +0.050 s from the left image's",
+         # frames 0.1 s apart with rights 0.05 s late: the nearest buffered right is +-0.05 s, by arrival order
+         {"unpaired": 12}, "0.050 s from the left image's (sync_tolerance 0.02 s)",
          diag=("dropped/unpaired", "12"), check=_partner_buffer_bounded),
     Case("right-image-never-arrives", send_frames(4, 10.0, lambda p, t: send_set(p, "stereo", t, right=SKIP)),
          {"unpaired": 3}, "no right/image_rect message buffered", final_drops={"unpaired": 4}),
