@@ -10,6 +10,7 @@ CONSOLE_SCRIPTS = [
     "scanssc-eval=scanssc_ros.cli.evaluate:main",
     "scanssc-infer=scanssc_ros.cli.infer:main",
     "scanssc-synth=scanssc_ros.cli.synth:main",
+    "scanssc-export=scanssc_ros.cli.export:main",
     "scanssc-kitti2bag=scanssc_ros.bag.kitti2bag:main",
     "scanssc-play=scanssc_ros.bag.play:main",
 ]
