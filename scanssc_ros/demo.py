@@ -49,13 +49,12 @@ def _grid_labels(msg) -> np.ndarray:
     return np.frombuffer(bytes(msg.labels), np.uint8).reshape(msg.size_x, msg.size_y, msg.size_z).copy()
 
 
-def run_source(name: str, seq_dir: Path, bag: Path, player, node, out: Path, targets, label_set) -> SourceResult:
-    from scanssc_ros.bag.lockstep import bag_frames
+def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, targets, label_set) -> SourceResult:
+    """Send ``frames`` (``bag.lockstep.bag_frames`` of the source's bag) through the node; PNG and scores per frame."""
     from scanssc_ros.data.image import load_rgb
     from scanssc_ros.metrics import SSCMetrics
     from scanssc_ros.render import render_grid
 
-    frames, _ = bag_frames(bag, CAMERA_TOPICS)
     result = SourceResult(name)
     metrics = SSCMetrics(label_set.num_classes, distance_analysis=False)
     for i, (t_ns, msgs) in enumerate(frames):
@@ -126,14 +125,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         print(f"[demo] KITTI sample not found at {kitti_seq}: synthetic scenes only", flush=True)
         frames = []
-    bags = {}
+    bags, bag_contents = {}, {}
     for k, (name, seq_dir, _, _) in enumerate(sources):
         # later sources start 100 s later: one node sees them in turn, and stamps must not repeat
         bags[name] = convert_sequence(seq_dir, out / "bags" / name, storage="mcap",
                                       frames=frames if name == "kitti08" else None,
                                       start_time=DEFAULT_START_TIME + 100.0 * k).bag
-        print(f"[demo] {name}: bag {bags[name].relative_to(out.parent) if out.is_absolute() else bags[name]}",
-              flush=True)
+        bag_contents[name] = bag_frames(bags[name], CAMERA_TOPICS)  # ([frames], {topic: type})
+        print(f"[demo] {name}: bag {bags[name]}", flush=True)
 
     params = {"output_frame": "scanssc_grid", "input_reliability": "reliable", "publish_tf": False}
     checkpoint = args.checkpoint if args.checkpoint.is_file() else None
@@ -154,11 +153,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(context=ctx)
     results: List[SourceResult] = []
     try:
-        _, types = bag_frames(bags[sources[0][0]], CAMERA_TOPICS)
-        player = LockstepPlayer(ctx, node_name, types)
-        player.wait_ready(node, [t for t in CAMERA_TOPICS])
+        player = LockstepPlayer(ctx, node_name, bag_contents[sources[0][0]][1])
+        player.wait_ready(node, CAMERA_TOPICS)
         for name, seq_dir, targets, gt in sources:
-            r = run_source(name, seq_dir, bags[name], player, node, out, targets, SEMANTIC_KITTI)
+            r = run_source(name, seq_dir, bag_contents[name][0], player, node, out, targets, SEMANTIC_KITTI)
             r.ground_truth = gt
             results.append(r)
         player.close()

@@ -8,10 +8,7 @@ test_node_pipeline's slow-model test). Depth mode gets its depth images from the
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -42,45 +39,29 @@ def bags(kitti_seq, tmp_path_factory):
 
 
 def frames_of(bag: Path, topics):
-    """[(stamp ns, {topic: raw CDR})] grouped by receive time (= header stamp in kitti2bag bags)."""
-    from scanssc_ros.bag.play import iter_raw, open_bag
+    """[(stamp ns, {topic: raw CDR})] of the bag, one entry per frame."""
+    from scanssc_ros.bag.lockstep import bag_frames
 
-    reader = open_bag(bag)
-    try:
-        grouped = defaultdict(dict)
-        for topic, t_ns, raw in iter_raw(reader, topics):
-            grouped[t_ns][topic] = raw
-    finally:
-        reader.close()
-    return sorted(grouped.items())
+    return bag_frames(bag, topics)[0]
 
 
-class RunningNode:
-    def __init__(self, name: str, **params) -> None:
-        if not EXECUTABLE.is_file():
-            pytest.skip(f"{EXECUTABLE} not built; run `make test`")
-        args = [str(EXECUTABLE), "--ros-args", "--params-file", str(PARAMS), "-r", f"__node:={name}",
-                "-r", f"left/image_rect:={LEFT}/image_raw", "-r", f"left/camera_info:={LEFT}/camera_info",
-                "-r", f"right/image_rect:={RIGHT}/image_raw", "-r", f"right/camera_info:={RIGHT}/camera_info",
-                "-r", "depth/image:=/test/depth"]
-        # max_voxels 0: every surface voxel is drawn, so the drawn set is known from the grid alone
-        params = dict(dict(allow_untrained=True, variant="lite", input_reliability="reliable", max_voxels=0),
-                      **params)
-        for k, v in params.items():
-            args += ["-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}"]
-        self.name = name
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
+def start_node(name: str, log_dir: Path, **params):
+    """The installed executable with the shipped params file, KITTI bag remaps and these overrides."""
+    from scanssc_ros.bag.lockstep import NodeProcess
 
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        out, err = self.proc.communicate()
-        return out + err
+    if not EXECUTABLE.is_file():
+        pytest.skip(f"{EXECUTABLE} not built; run `make test`")
+    remaps = {"left/image_rect": f"{LEFT}/image_raw", "left/camera_info": f"{LEFT}/camera_info",
+              "right/image_rect": f"{RIGHT}/image_raw", "right/camera_info": f"{RIGHT}/camera_info",
+              "depth/image": "/test/depth"}
+    # max_voxels 0: every surface voxel is drawn, so the drawn set is known from the grid alone
+    params = dict(dict(allow_untrained=True, variant="lite", input_reliability="reliable", max_voxels=0), **params)
+    return NodeProcess(EXECUTABLE, PARAMS, name, params, remaps, log_path=log_dir / f"{name}.log")
+
+
+def stop_log(node) -> str:
+    node.stop()
+    return node.output()
 
 
 class Probe:
@@ -112,18 +93,18 @@ class Probe:
             self.executor.spin_once(timeout_sec=0.02)
         return cond()
 
-    def ready(self, topics, node: RunningNode) -> None:
+    def ready(self, topics, node) -> None:
         ok = self.spin_until(lambda: node.proc.poll() is not None or all(
             self.pubs[t].get_subscription_count() > 0 for t in topics)
             and all(self.node.count_publishers(f"/{node.name}/{o}") > 0 for o in ("voxels", "voxel_markers")), 120.0)
-        assert ok and node.proc.poll() is None, f"node not ready (exit {node.proc.poll()}):\n{node.stop()}"
+        assert ok and node.proc.poll() is None, f"node not ready (exit {node.proc.poll()}):\n{stop_log(node)}"
 
     def close(self) -> None:
         self.executor.remove_node(self.node)
         self.node.destroy_node()
 
 
-def run_lockstep(probe: Probe, node: RunningNode, frames, extra=None):
+def run_lockstep(probe: Probe, node, frames, extra=None):
     """Publish each frame (camera_info first), wait for its three outputs; returns the input stamps (ns)."""
     stamps = []
     for i, (t_ns, msgs) in enumerate(frames):
@@ -135,7 +116,7 @@ def run_lockstep(probe: Probe, node: RunningNode, frames, extra=None):
         ok = probe.spin_until(lambda n=len(stamps): node.proc.poll() is not None or all(
             len(v) >= n for v in probe.got.values()), FRAME_TIMEOUT)
         assert ok and node.proc.poll() is None, f"frame {i}: outputs {[len(v) for v in probe.got.values()]}\n" \
-                                                 f"{node.stop()}"
+                                                 f"{stop_log(node)}"
     probe.spin_until(lambda: False, 1.0)  # anything extra would arrive now
     return stamps
 
@@ -155,9 +136,9 @@ def check_outputs(probe: Probe, stamps, frame_id: str) -> None:
         same_voxels(g, markers, cloud, list(g.class_names), expected=surface_mask(labels))
 
 
-def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags):
+def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags, tmp_path):
     name = f"e2e_stereo_{os.getpid()}"
-    node = RunningNode(name, depth_mode="stereo", output_frame="scanssc_grid")
+    node = start_node(name, tmp_path, depth_mode="stereo", output_frame="scanssc_grid")
     probe = Probe(ros_context, name)
     try:
         topics = [f"{LEFT}/image_raw", f"{LEFT}/camera_info", f"{RIGHT}/image_raw", f"{RIGHT}/camera_info"]
@@ -172,7 +153,7 @@ def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags):
         assert len(stamps) == 3
         check_outputs(probe, stamps, "scanssc_grid")
     finally:
-        log = node.stop()
+        log = stop_log(node)
         probe.close()
     assert node.proc.returncode == 0, log
     assert "Traceback" not in log, log
@@ -196,9 +177,9 @@ def _lidar_depth(kitti_seq: Path, encoding: str):
 
 
 @pytest.mark.parametrize("mode", ["depth", "mono"])
-def test_depth_topic_and_mono_modes(ros_context, bags, kitti_seq, mode):
+def test_depth_topic_and_mono_modes(ros_context, bags, kitti_seq, mode, tmp_path):
     name = f"e2e_{mode}_{os.getpid()}"
-    node = RunningNode(name, depth_mode=mode)
+    node = start_node(name, tmp_path, depth_mode=mode)
     probe = Probe(ros_context, name)
     try:
         topics = [f"{LEFT}/image_raw", f"{LEFT}/camera_info"]
@@ -208,7 +189,7 @@ def test_depth_topic_and_mono_modes(ros_context, bags, kitti_seq, mode):
         stamps = run_lockstep(probe, node, frames, extra)
         check_outputs(probe, stamps, "camera_color_left")
     finally:
-        log = node.stop()
+        log = stop_log(node)
         probe.close()
     assert node.proc.returncode == 0, log
     assert "Traceback" not in log, log

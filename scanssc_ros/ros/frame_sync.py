@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, Iterable, Optional
 
 MODES = ("stereo", "depth", "mono")
 PARTNER_TOPIC = {"stereo": "right/image_rect", "depth": "depth/image"}
@@ -32,6 +32,16 @@ INFO_WAIT_LIMIT = 1.0  # s: an image waits for its own camera_info only while th
 def stamp_seconds(msg: Any) -> float:
     s = msg.header.stamp
     return float(s.sec) + 1e-9 * float(s.nanosec)
+
+
+def nearest_within(msgs: Iterable[Any], t: float, tolerance: float) -> Any:
+    """The message stamped nearest to ``t`` if within ``tolerance`` seconds (the first on ties), else None."""
+    best, best_dt = None, None
+    for m in msgs:
+        dt = abs(stamp_seconds(m) - t)
+        if dt <= tolerance and (best_dt is None or dt < best_dt):
+            best, best_dt = m, dt
+    return best
 
 
 @dataclass
@@ -123,11 +133,7 @@ class InfoCache:
 
     def for_stamp(self, t: float, tolerance: float) -> Any:
         """The info to use for an image stamped ``t``, or None while the right one has not arrived."""
-        best, best_dt = None, None
-        for m in self._buf:
-            dt = abs(stamp_seconds(m) - t)
-            if dt <= tolerance and (best_dt is None or dt < best_dt):
-                best, best_dt = m, dt
+        best = nearest_within(self._buf, t, tolerance)
         if best is not None:
             self.stamped_like_images = True
             return best
@@ -158,6 +164,8 @@ class FrameSync:
         # why the last left image was given up as unpaired (cleared by the reader): pairing failures are
         # otherwise silent, and a clock offset between cameras makes every frame fail
         self.unpaired_reason: Optional[str] = None
+        # set when a left image was replaced while it waited for its camera_info (cleared by the reader)
+        self.lost_waiting_for_info = False
 
     @property
     def left_info(self) -> Any:
@@ -184,6 +192,7 @@ class FrameSync:
                 self._give_up(self._pending)
             else:
                 self.drops.add("no_camera_info")
+                self.lost_waiting_for_info = True
         self._pending = msg
         self._try_emit()
 
@@ -208,14 +217,6 @@ class FrameSync:
         """A left image is held back only because a camera_info has not arrived."""
         return self._pending is not None and self._waiting_for() == "no_camera_info"
 
-    def _match(self, t: float) -> Any:
-        best, best_dt = None, None
-        for m in self._partners:
-            dt = abs(stamp_seconds(m) - t)
-            if dt <= self.tolerance and (best_dt is None or dt < best_dt):
-                best, best_dt = m, dt
-        return best
-
     def _give_up(self, left: Any) -> None:
         self.drops.add("unpaired")
         topic = PARTNER_TOPIC[self.mode]
@@ -237,7 +238,7 @@ class FrameSync:
             return
         fs = FrameSet(left=left, left_info=left_info)
         if self.mode != "mono":
-            partner = self._match(t)
+            partner = nearest_within(self._partners, t, self.tolerance)
             if partner is None:
                 if any(stamp_seconds(m) > t + self.tolerance for m in self._partners):
                     self._give_up(left)  # its partner would have arrived before these

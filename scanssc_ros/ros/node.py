@@ -250,14 +250,14 @@ class ScanSSCNode(Node):
 
     def _on_left(self, msg: Any) -> None:
         self.stats.frame_in()
-        no_info_before = self.drops.snapshot().get("no_camera_info", 0)
         self.sync.on_left(msg)
         reason, self.sync.unpaired_reason = self.sync.unpaired_reason, None
         if reason:
             self._warn("unpaired", f"left image dropped, no partner within sync_tolerance: {reason}; are the "
                        "cameras stamped from one clock, and is the partner topic remapped?")
         # an image that arrives just before its own camera_info waits for it: only a frame lost that way is news
-        if self.drops.snapshot().get("no_camera_info", 0) > no_info_before:
+        lost, self.sync.lost_waiting_for_info = self.sync.lost_waiting_for_info, False
+        if lost:
             self._warn("info", "waiting for camera_info on left/camera_info"
                        + (" and right/camera_info" if self.sync.mode == "stereo" else "") + "; frames are dropped")
 

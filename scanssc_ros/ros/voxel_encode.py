@@ -26,7 +26,7 @@ from scanssc_ros.geometry import (
     transform_points,
     voxel_center_of_flat,
 )
-from scanssc_ros.voxels import occupied_mask, surface_mask  # noqa: F401 - re-exported for callers
+from scanssc_ros.voxels import occupied_mask, surface_mask
 
 # ------------------------------------------------------------------------------------------------ selection
 
