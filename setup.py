@@ -11,6 +11,7 @@ CONSOLE_SCRIPTS = [
     "scanssc-infer=scanssc_ros.cli.infer:main",
     "scanssc-synth=scanssc_ros.cli.synth:main",
     "scanssc-export=scanssc_ros.cli.export:main",
+    "scanssc-import=scanssc_ros.cli.import_official:main",
     "scanssc-kitti2bag=scanssc_ros.bag.kitti2bag:main",
     "scanssc-play=scanssc_ros.bag.play:main",
 ]
@@ -31,6 +32,7 @@ setup(
         "tqdm",
         "rosbags>=0.11,<0.12",
         "matplotlib",
+        "pillow",
     ],
     extras_require={"test": ["pytest", "ruff"]},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},

@@ -22,6 +22,16 @@ from typing import Any, Dict, Tuple
 from scanssc_ros.geometry import GridSpec
 
 VARIANTS = ("paper", "lite", "tiny")
+INPUT_CONVENTIONS = ("official", "shift_folded")
+
+# Fields added after checkpoints were already written, with the value that reproduces the network those older
+# checkpoints were trained as. A config dict without the field is an old file; new configs take the dataclass
+# default (the official behaviour).
+LEGACY_FIELD_VALUES: Dict[str, Any] = {
+    "se_divisor": 8,
+    "num_level_embeds": 1,
+    "input_convention": "shift_folded",
+}
 
 
 def _tuple(x: Any) -> Any:
@@ -40,6 +50,11 @@ class ModelConfig:
     grid_downsample: int = 2  # 3D processing runs at grid_dims / grid_downsample
     dbound: Tuple[float, float, float] = (2.0, 58.0, 0.5)  # depth bins: start, stop (exclusive), step
     feature_stride: int = 8  # stride of the neck output w.r.t. the input
+    # How the camera is described to the network (a checkpoint only works with the convention it was trained
+    # with). "official": the official 33-d camera vector, with the projection shift P[:3, 3] and the sensor->ego
+    # block of the projection's reference camera (KITTI: inv(Tr)). "shift_folded": this project's first
+    # convention (zeros for the shift, the camera's own pose); kept so older checkpoints run as they were trained.
+    input_convention: str = "official"
     # self-attention reinterprets the N processing voxels as a (rows, cols) 2D map; (0, 0) = the official
     # square map (512x512 for 128x128x16)
     bev_hw: Tuple[int, int] = (0, 0)
@@ -48,6 +63,7 @@ class ModelConfig:
     backbone_depth: float = 3.1  # B7
     backbone_drop_path: float = 0.2
     backbone_bn_eps: float = 1e-3
+    se_divisor: int = 1  # squeeze width = in_channels / 4 rounded to this multiple (official/mmcls: 1)
     # ------------------------------------------------------------------ neck (SECONDFPN over 5 levels)
     neck_channels: int = 128  # per level; the concatenation has 5x this
     # ------------------------------------------------------------------ depth net
@@ -66,6 +82,7 @@ class ModelConfig:
     num_cross_layers: int = 3
     num_self_layers: int = 2
     ffn_channels: int = 256
+    num_level_embeds: int = 4  # rows of the cross-attention level embedding (official 4; only row 0 is read)
     dropout: float = 0.1
     # ------------------------------------------------------------------ scan module
     scan_heads: int = 8
@@ -115,6 +132,10 @@ class ModelConfig:
     def validate(self) -> ModelConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; known: {VARIANTS}")
+        if self.input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(f"unknown input_convention {self.input_convention!r}; known: {INPUT_CONVENTIONS}")
+        if self.se_divisor < 1 or self.num_level_embeds < 1:
+            raise ValueError("se_divisor and num_level_embeds must be >= 1")
         h, w = self.input_size
         if h % 32 or w % 32:
             raise ValueError(f"input_size {self.input_size} must be divisible by 32 (backbone stride)")
@@ -157,6 +178,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
         kwargs = {k: (v if k == "extra" else _tuple(v)) for k, v in d.items()}
+        for name, value in LEGACY_FIELD_VALUES.items():
+            kwargs.setdefault(name, value)
         return cls(**kwargs).validate()
 
     def replace(self, **changes: Any) -> ModelConfig:

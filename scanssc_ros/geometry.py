@@ -155,15 +155,20 @@ def resize_crop_matrix(scale: float, crop_left: float = 0.0, crop_top: float = 0
 
 
 def input_transform(height: int, width: int,
-                    out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, Tuple[int, int]]:
-    """The ScanSSC image pipeline: resize so the width becomes ``out_hw[1]``, keep the bottom ``out_hw[0]`` rows.
+                    out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """The ScanSSC image pipeline: resize by ``s = out_w / width``, then cut an ``out_hw`` window at the bottom,
+    centred horizontally.
 
-    Returns the 3x3 ``img_aug`` and the resized (height, width) before cropping. When the resized image is
-    shorter than ``out_hw[0]`` the crop offset is negative, i.e. a band is padded at the top (as for KITTI-360).
+    The arithmetic is the official loader's: the resized size is *truncated* (``int(W * s)``, ``int(H * s)``;
+    a 1241x376 KITTI image becomes 1279x387, so the last column of the window is zero padding), the window starts
+    at row ``rh - out_h`` and column ``(rw - out_w) // 2`` (never negative), and the matrix records the nominal
+    scale ``s``. A resized image shorter than ``out_h`` gives a negative start row: a band is padded at the top
+    (KITTI-360). Returns the 3x3 ``img_aug`` and (rh, rw, top, left), the resized size and the window origin.
     """
     scale = out_hw[1] / float(width)
-    rh, rw = int(round(height * scale)), out_hw[1]
-    return resize_crop_matrix(scale, 0.0, float(rh - out_hw[0])), (rh, rw)
+    rh, rw = int(height * scale), int(width * scale)
+    top, left = rh - out_hw[0], int(max(0, rw - out_hw[1]) / 2)
+    return resize_crop_matrix(scale, float(left), float(top)), (rh, rw, top, left)
 
 
 # -------------------------------------------------------------------------------------------- calibration
@@ -208,13 +213,15 @@ def stereo_baseline(P_left: np.ndarray, P_right: np.ndarray) -> float:
 
 
 def intrinsics_from_k_p(k: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """3x3 intrinsics from a CameraInfo's K (row-major 9) or, when K is all zeros, from P (row-major 12).
+    """3x3 intrinsics of a *rectified* image from a CameraInfo: P[:3, :3] (row-major 12), or K (row-major 9) when
+    P is all zeros. In ROS, K and D describe the raw sensor image and P the rectified one (``image_rect``), so P
+    comes first.
 
     Raises ValueError when neither holds a usable pinhole matrix (zero/NaN focal lengths).
     """
-    K = np.asarray(k, np.float64).reshape(3, 3)
+    K = np.asarray(p, np.float64).reshape(3, 4)[:, :3].copy()
     if not np.any(K):
-        K = np.asarray(p, np.float64).reshape(3, 4)[:, :3].copy()
+        K = np.asarray(k, np.float64).reshape(3, 3)
     with np.errstate(all="ignore"):
         scaled = K / K[2, 2]
     # checked after scaling: a negative K[2,2] would otherwise flip the focal lengths' signs unnoticed

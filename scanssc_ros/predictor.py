@@ -1,8 +1,8 @@
 """numpy image + camera (+ stereo depth) -> voxel labels and confidences. The one inference entry point used by
 the ROS node, the CLIs and the demo; it imports no ROS.
 
-Pre-processing follows the ScanSSC pipeline: resize so the width becomes the network input width (cv2 area /
-linear interpolation), keep the bottom rows (``geometry.input_transform``), ImageNet normalisation. A stereo
+Pre-processing follows the ScanSSC pipeline: resize so the width becomes the network input width (PIL bicubic,
+as the official loader), keep the bottom rows (``geometry.input_transform``), ImageNet normalisation. A stereo
 depth map gets the same transform; it is resized with a *minimum-preserving* nearest rule (each output pixel
 takes the smallest valid depth of the source pixels it covers) so thin foreground structures are not replaced
 by background, and invalid pixels (NaN, inf, <= 0) stay invalid (0).
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from torch import nn
 from scanssc_ros import geometry
 from scanssc_ros.checkpoint import load
 from scanssc_ros.config import ModelConfig
+from scanssc_ros.data.image import crop_window, resize_crop_image
 from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
 from scanssc_ros.model.timing import stage
 
@@ -93,7 +93,8 @@ class Predictor:
         return cls(ScanSSC(config), config=config, **kwargs)
 
     # ------------------------------------------------------------------------------------------ validation
-    def _validate(self, image: np.ndarray, K: np.ndarray, T: np.ndarray, stereo: Optional[np.ndarray]) -> None:
+    def _validate(self, image: np.ndarray, K: np.ndarray, T: np.ndarray, stereo: Optional[np.ndarray],
+                  p_shift: Optional[np.ndarray] = None) -> None:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be a uint8 HxWx3 RGB array, got {desc}")
@@ -110,6 +111,10 @@ class Predictor:
             raise ValueError(f"K is not a pinhole intrinsics matrix: {K.tolist()}")
         if abs(np.linalg.det(np.asarray(T, np.float64)[:3, :3]) - 1.0) > 1e-3:
             raise ValueError("T_cam_grid rotation block is not a rotation (det != 1)")
+        if p_shift is not None:
+            shift = np.asarray(p_shift)
+            if shift.shape != (3,) or not np.all(np.isfinite(shift)):
+                raise ValueError(f"p_shift must be 3 finite numbers (P[:3, 3]), got {shift.tolist()}")
         if stereo is not None:
             if not isinstance(stereo, np.ndarray) or stereo.ndim != 2 or stereo.shape != image.shape[:2]:
                 desc = stereo.shape if isinstance(stereo, np.ndarray) else type(stereo).__name__
@@ -119,25 +124,24 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------ inference
     def preprocess(self, image: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray,
-                   stereo_depth: Optional[np.ndarray] = None) -> ModelInputs:
-        self._validate(image, K, T_cam_grid, stereo_depth)
-        H, W = self.config.input_size
-        aug, (rh, rw) = geometry.input_transform(image.shape[0], image.shape[1], (H, W))
-        interp = cv2.INTER_AREA if rw < image.shape[1] else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (rw, rh), interpolation=interp)
-        img = _crop_bottom(resized, H)
+                   stereo_depth: Optional[np.ndarray] = None, p_shift: Optional[np.ndarray] = None) -> ModelInputs:
+        self._validate(image, K, T_cam_grid, stereo_depth, p_shift)
+        out_hw = self.config.input_size
+        img, aug = resize_crop_image(image, out_hw)
         x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         to = dict(device=self.device)
         sd = None
         if stereo_depth is not None:
-            d = _crop_bottom(resize_depth_min(stereo_depth, (rh, rw)), H)
+            _, (rh, rw, top, left) = geometry.input_transform(image.shape[0], image.shape[1], out_hw)
+            d = crop_window(resize_depth_min(stereo_depth, (rh, rw)), top, left, out_hw)
             sd = torch.from_numpy(np.ascontiguousarray(d))[None, None].to(**to)
         return ModelInputs(
             image=torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(**to),
             K=torch.as_tensor(np.asarray(K, np.float32))[None].to(**to),
             T_cam_grid=torch.as_tensor(np.asarray(T_cam_grid, np.float32))[None].to(**to),
             img_aug=torch.as_tensor(aug.astype(np.float32))[None].to(**to),
-            stereo_depth=sd)
+            stereo_depth=sd,
+            p_shift=None if p_shift is None else torch.as_tensor(np.asarray(p_shift, np.float32))[None].to(**to))
 
     def unseen_mask(self, K: np.ndarray, T_cam_grid: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
         """(X, Y, Z) bool: voxel centres that do not project into the original image."""
@@ -148,11 +152,15 @@ class Predictor:
         return ~seen.reshape(self.config.grid_dims)
 
     def predict(self, image_rgb: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray,
-                stereo_depth: Optional[np.ndarray] = None) -> Prediction:
+                stereo_depth: Optional[np.ndarray] = None, p_shift: Optional[np.ndarray] = None) -> Prediction:
+        """``K``: the rectified intrinsics P[:3, :3]; ``T_cam_grid``: grid frame -> this camera's optical frame;
+        ``p_shift``: P[:3, 3] of the same projection (None = zeros). With ``P = K [I | t]``, t is where the
+        camera sits relative to the reference camera of the rectification (KITTI: camera 0), which is what
+        checkpoints of the official convention were trained to see in their camera vector."""
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
         with stage(timings, "preprocess", self.device):
-            inputs = self.preprocess(image_rgb, K, T_cam_grid, stereo_depth)
+            inputs = self.preprocess(image_rgb, K, T_cam_grid, stereo_depth, p_shift)
         dtype = _PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
@@ -167,11 +175,3 @@ class Predictor:
         timings["total"] = (time.perf_counter() - t0) * 1000.0
         return Prediction(labels=labels, confidence=confidence, timings=timings)
 
-
-def _crop_bottom(img: np.ndarray, out_h: int) -> np.ndarray:
-    """Keep the bottom ``out_h`` rows; pad zeros on top when the image is shorter (as geometry.input_transform)."""
-    h = img.shape[0]
-    if h >= out_h:
-        return img[h - out_h:]
-    pad = np.zeros((out_h - h,) + img.shape[1:], img.dtype)
-    return np.concatenate([pad, img], axis=0)

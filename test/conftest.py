@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("SCANSSC_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_ROOT = Path(os.environ.get("SCANSSC_SHARED", REPO.parent / "shared"))
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,14 @@ def shared_data() -> Path:
     if not DATA_ROOT.is_dir():
         pytest.skip(f"real sample data not found at {DATA_ROOT} (set SCANSSC_SHARED_DATA)")
     return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def official_manifest_root() -> Path:
+    """The shared/ folder holding the official checkpoint's state-dict manifest (spec/official_checkpoint)."""
+    if not (SHARED_ROOT / "spec" / "official_checkpoint").is_dir():
+        pytest.skip(f"official checkpoint manifest not found under {SHARED_ROOT} (set SCANSSC_SHARED)")
+    return SHARED_ROOT
 
 
 @pytest.fixture(scope="session")

@@ -53,8 +53,19 @@ def test_projected_points_land_in_image(kitti_seq):
 
 
 def test_input_transform_maps_bottom_crop(kitti_seq):
-    aug, (rh, rw) = g.input_transform(IMAGE_WH[1], IMAGE_WH[0])
-    assert rw == 1280 and rh == 386
+    aug, (rh, rw, top, left) = g.input_transform(IMAGE_WH[1], IMAGE_WH[0])
+    assert (rh, rw, top, left) == (386, 1280, 2, 0)
     bottom_right = aug @ np.array([IMAGE_WH[0], IMAGE_WH[1], 1.0])
     assert abs(bottom_right[0] - 1280) < 1e-6
     assert 383.5 < bottom_right[1] < 385.0  # the original bottom edge stays the bottom edge of the crop
+
+
+def test_input_transform_truncates_like_the_official_loader():
+    """1241x376 (KITTI odometry 00-02): int(1241 * 1280/1241) is 1279 in floating point and int(376 * s) = 387,
+    so the window starts at row 3 and its last column lies outside the resized image."""
+    aug, (rh, rw, top, left) = g.input_transform(376, 1241)
+    assert (rh, rw, top, left) == (387, 1279, 3, 0)
+    assert aug[0, 0] == aug[1, 1] == 1280 / 1241 and aug[1, 2] == -3.0 and aug[0, 2] == 0.0
+    # a wider-than-window resize is centred: 1408 px -> 1280 px wide window from column 64 at scale 1.0
+    assert g.input_transform(376, 1408, (384, 1280))[1] == (341, 1280, -43, 0)
+    assert g.input_transform(376, 1408, (384, 1408))[1] == (376, 1408, -8, 0)

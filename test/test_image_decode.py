@@ -170,17 +170,19 @@ def camera_info(k=None, p=None, d=(0.0,) * 5, width=1226, height=370):
                            header=SimpleNamespace(frame_id="cam2"))
 
 
-def test_camera_info_k_falls_back_to_p() -> None:
+def test_camera_info_intrinsics_come_from_p() -> None:
     model = camera_info_to_intrinsics(camera_info(p=KITTI_P2))
     np.testing.assert_allclose(model.K, KITTI_P2[:, :3])
     np.testing.assert_allclose(model.P, KITTI_P2)
     assert (model.width, model.height, model.frame_id, model.distorted) == (1226, 370, "cam2", False)
 
 
-def test_camera_info_k_preferred_and_p_filled() -> None:
+def test_camera_info_p_preferred_over_k_and_p_filled() -> None:
+    """image_rect topics: P describes the rectified image, K the raw one (ROS CameraInfo convention)."""
     K = np.array([[500.0, 0, 320], [0, 510, 240], [0, 0, 1]])
     model = camera_info_to_intrinsics(camera_info(k=K, p=KITTI_P2))
-    np.testing.assert_allclose(model.K, K)
+    np.testing.assert_allclose(model.K, KITTI_P2[:, :3])
+    np.testing.assert_allclose(model.p_shift, KITTI_P2[:, 3])
     model = camera_info_to_intrinsics(camera_info(k=K, d=(0.1, 0, 0, 0, 0)))
     np.testing.assert_allclose(model.P, np.hstack([K, np.zeros((3, 1))]))
     assert model.distorted

@@ -41,7 +41,8 @@ def test_image_folder_stereo_matches_predictor(fake_kitti, tiny_checkpoint, tmp_
     K, T = kitti_camera(calib, "P2")
     left, right = load_rgb(seq / "image_2" / "000000.png"), load_rgb(seq / "image_3" / "000000.png")
     depth = stereo_depth(left, right, float(calib["P2"][0, 0]), stereo_baseline(calib["P2"], calib["P3"]))
-    assert np.array_equal(got, Predictor(tiny_checkpoint).predict(left, K, T, stereo_depth=depth).labels)
+    expect = Predictor(tiny_checkpoint).predict(left, K, T, stereo_depth=depth, p_shift=calib["P2"][:, 3])
+    assert np.array_equal(got, expect.labels)
 
 
 def test_errors(fake_kitti, tiny_checkpoint, tmp_path, capsys):  # noqa: F811

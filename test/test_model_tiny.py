@@ -56,7 +56,7 @@ def test_batch_matches_single_samples(tiny):
         both = tiny(x).logits
         for i in range(2):
             xi = ModelInputs(x.image[i:i + 1], x.K[i:i + 1], x.T_cam_grid[i:i + 1], x.img_aug[i:i + 1],
-                             x.stereo_depth[i:i + 1])
+                             x.stereo_depth[i:i + 1], x.p_shift[i:i + 1])
             assert torch.allclose(tiny(xi).logits, both[i:i + 1], atol=1e-4), i
 
 

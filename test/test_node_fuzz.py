@@ -122,11 +122,11 @@ class ShapeCheckingFake:
         self._validate = Predictor._validate
         self.config, self.labels = self._fake.config, self._fake.labels
 
-    def predict(self, image, K, T, stereo_depth=None):
-        self._validate(None, image, K, T, stereo_depth)
+    def predict(self, image, K, T, stereo_depth=None, p_shift=None):
+        self._validate(None, image, K, T, stereo_depth, p_shift)
         if stereo_depth is not None:
             assert np.all(np.isfinite(stereo_depth)) and np.all(stereo_depth >= 0)
-        return self._fake.predict(image, K, T, stereo_depth)
+        return self._fake.predict(image, K, T, stereo_depth, p_shift)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scanssc_ros.data import image as im
 from scanssc_ros.data import kitti360
@@ -22,9 +23,10 @@ def _rgb(h=370, w=1226, seed=0):
 def test_prepare_image_without_jitter_is_resize_crop_normalise():
     rgb = _rgb()
     x, aug = im.prepare_image(rgb)
-    exp_aug, (rh, rw) = input_transform(370, 1226)
+    exp_aug, (rh, rw, top, left) = input_transform(370, 1226)
     assert x.shape == (3, 384, 1280) and x.dtype == torch.float32 and np.allclose(aug, exp_aug)
-    resized = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_LINEAR)[rh - 384:]
+    # the official loader: PIL resize (default filter: bicubic), then PIL crop
+    resized = np.asarray(Image.fromarray(rgb).resize((rw, rh)).crop((left, top, left + 1280, top + 384)))
     mean, std = np.array(im.IMAGENET_MEAN), np.array(im.IMAGENET_STD)
     expected = ((resized / 255.0 - mean) / std).transpose(2, 0, 1)
     assert np.allclose(x.numpy(), expected, atol=1e-5)

@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             right = load_rgb(right_dir / path.name)
             depth = stereo_depth(image, right, fx, baseline)
         t0 = time.perf_counter()
-        pred = predictor.predict(image, K, T, stereo_depth=depth)
+        pred = predictor.predict(image, K, T, stereo_depth=depth, p_shift=calib["P2"][:, 3])
         times.append(time.perf_counter() - t0)
         if args.format in ("npy", "both"):
             np.save(out / "predictions" / f"{path.stem}.npy", pred.labels)

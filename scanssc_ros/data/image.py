@@ -11,6 +11,7 @@ from typing import Optional, Tuple, Union
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from scanssc_ros.geometry import input_transform
 
@@ -27,21 +28,28 @@ def load_rgb(path: Union[str, Path]) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _fit_rows(img: np.ndarray, out_h: int) -> np.ndarray:
-    """Keep the bottom ``out_h`` rows, or zero-pad at the top when the image is shorter."""
-    h = img.shape[0]
-    if h >= out_h:
-        return img[h - out_h:]
-    pad = np.zeros((out_h - h,) + img.shape[1:], img.dtype)
-    return np.concatenate([pad, img], axis=0)
+def crop_window(img: np.ndarray, top: int, left: int, out_hw: Tuple[int, int]) -> np.ndarray:
+    """The ``out_hw`` window of ``img`` starting at (top, left); parts outside the image are zeros (PIL's crop)."""
+    out = np.zeros(tuple(out_hw) + img.shape[2:], img.dtype)
+    h, w = img.shape[:2]
+    r0, r1 = max(top, 0), min(top + out_hw[0], h)
+    c0, c1 = max(left, 0), min(left + out_hw[1], w)
+    if r1 > r0 and c1 > c0:
+        out[r0 - top:r1 - top, c0 - left:c1 - left] = img[r0:r1, c0:c1]
+    return out
 
 
 def resize_crop_image(img: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) -> Tuple[np.ndarray, np.ndarray]:
-    """(H, W, C) image -> (out_h, out_w, C) image (bilinear) and the 3x3 ``img_aug`` that maps original pixels
-    to output pixels."""
-    img_aug, (rh, rw) = input_transform(img.shape[0], img.shape[1], out_hw)
-    resized = img if (rh, rw) == img.shape[:2] else cv2.resize(img, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    return _fit_rows(resized, out_hw[0]), img_aug
+    """(H, W, 3) uint8 image -> (out_h, out_w, 3) network window and the 3x3 ``img_aug`` that maps original
+    pixels to window pixels.
+
+    Resampled with PIL's default bicubic filter, as the official loader (``PIL.Image.resize``) does, so the
+    released weights see the pixels they were trained on.
+    """
+    img_aug, (rh, rw, top, left) = input_transform(img.shape[0], img.shape[1], out_hw)
+    if (rh, rw) != img.shape[:2]:
+        img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((rw, rh), Image.Resampling.BICUBIC))
+    return crop_window(img, top, left, out_hw), img_aug
 
 
 def resize_crop_depth(depth: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) -> np.ndarray:

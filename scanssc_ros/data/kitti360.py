@@ -134,4 +134,5 @@ class Kitti360Dataset(Dataset):
             scan = read_scan(self.lidar_root / drive / "velodyne_points" / "data" / f"{frame}.bin")
         stereo = self.stereo_depth(drive, frame) if self.with_stereo else None
         return assemble_sample(load_rgb(self.image_path(drive, frame)), K, T_cam_grid, self.out_hw,
-                               self.training, drive, frame, source, target, None, scan, stereo)
+                               self.training, drive, frame, source, target, None, scan, stereo,
+                               p_shift=self.calib["P2"][:, 3])

@@ -21,7 +21,8 @@ class SscSample:
     """One frame. Images and depth maps are network-input sized (out_h, out_w); grids are (X, Y, Z).
 
     - ``image``: (3, H, W) float32, ImageNet-normalised (colour-jittered in training mode only).
-    - ``K`` (3, 3), ``T_cam_grid`` (4, 4), ``img_aug`` (3, 3): float32, see ``geometry``.
+    - ``K`` (3, 3), ``T_cam_grid`` (4, 4), ``img_aug`` (3, 3): float32, see ``geometry``; ``p_shift`` (3,): the
+      4th column of the camera's rectified projection matrix (KITTI P2[:3, 3]), for the camera vector.
     - ``target``: uint8 class ids, 255 = ignore; ``invalid``: bool, the dataset's ``.invalid`` mask when the frame
       has one, else ``target == 255``. Both None without a target (``target_source == "none"``).
     - ``lidar_depth`` / ``stereo_depth``: (1, H, W) float32 metres, 0 = no depth; None when not requested.
@@ -31,6 +32,7 @@ class SscSample:
     K: torch.Tensor
     T_cam_grid: torch.Tensor
     img_aug: torch.Tensor
+    p_shift: torch.Tensor
     target: Optional[torch.Tensor]
     invalid: Optional[torch.Tensor]
     lidar_depth: Optional[torch.Tensor]
@@ -48,6 +50,7 @@ class SscBatch:
     K: torch.Tensor
     T_cam_grid: torch.Tensor
     img_aug: torch.Tensor
+    p_shift: torch.Tensor
     target: Optional[torch.Tensor]
     invalid: Optional[torch.Tensor]
     lidar_depth: Optional[torch.Tensor]
@@ -91,7 +94,8 @@ def _f32(x: np.ndarray) -> torch.Tensor:
 def assemble_sample(rgb: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray, out_hw: Tuple[int, int],
                     training: bool, sequence: str, frame_id: str, target_source: str,
                     target: Optional[np.ndarray] = None, invalid: Optional[np.ndarray] = None,
-                    scan: Optional[np.ndarray] = None, stereo: Optional[np.ndarray] = None) -> SscSample:
+                    scan: Optional[np.ndarray] = None, stereo: Optional[np.ndarray] = None,
+                    p_shift: Optional[np.ndarray] = None) -> SscSample:
     """Run the image pipeline and build a sample.
 
     ``scan`` (N, 3+) grid-frame points become the LiDAR depth map of the network input (projected through
@@ -111,7 +115,9 @@ def assemble_sample(rgb: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray, out_
     inv = None
     if tgt is not None:
         inv = torch.from_numpy(np.ascontiguousarray(invalid, bool)) if invalid is not None else tgt == 255
-    return SscSample(image=image, K=_f32(K), T_cam_grid=_f32(T_cam_grid), img_aug=_f32(img_aug), target=tgt,
+    shift = _f32(np.zeros(3) if p_shift is None else np.asarray(p_shift, np.float64).reshape(3))
+    return SscSample(image=image, K=_f32(K), T_cam_grid=_f32(T_cam_grid), img_aug=_f32(img_aug), p_shift=shift,
+                     target=tgt,
                      invalid=inv, lidar_depth=lidar, stereo_depth=stereo_t, sequence=sequence,
                      frame_id=frame_id, target_source=target_source)
 

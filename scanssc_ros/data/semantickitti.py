@@ -177,10 +177,12 @@ class SemanticKittiDataset(Dataset):
     def __getitem__(self, index: int) -> SscSample:
         seq, frame = self.frames[index]
         seq_dir = self.seq_dir(seq)
-        K, T_cam_grid = kitti_camera(self.calib(seq), "P2")
+        calib = self.calib(seq)
+        K, T_cam_grid = kitti_camera(calib, "P2")
         source = self.resolve_target_source(seq, frame)
         target, invalid = self.load_target(seq, frame, source)
         scan = read_scan(seq_dir / "velodyne" / f"{frame}.bin") if self.with_lidar_depth else None
         stereo = self.stereo_depth(seq, frame) if self.with_stereo else None
         return assemble_sample(load_rgb(seq_dir / "image_2" / f"{frame}.png"), K, T_cam_grid, self.out_hw,
-                               self.training, seq, frame, source, target, invalid, scan, stereo)
+                               self.training, seq, frame, source, target, invalid, scan, stereo,
+                               p_shift=calib["P2"][:, 3])

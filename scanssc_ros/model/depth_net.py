@@ -15,21 +15,34 @@ from .deform_conv import DeformConv2dPack
 from .layers import SafeBatchNorm1d, SafeBatchNorm2d
 
 
-def camera_vector(K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor) -> torch.Tensor:
-    """(B, 33) camera descriptor in the official order: fx, fy, cx, cy, the P[:3, 3] shift (3), post-rot/trans
-    (6), BDA terms (5 + 3), then the 3x4 sensor->ego matrix.
+def camera_vector(K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor,
+                  p_shift: Optional[torch.Tensor] = None, convention: str = "official") -> torch.Tensor:
+    """(B, 33) camera descriptor that conditions the DepthNet SE gates, in the official order: fx, fy, cx, cy,
+    the projection shift P[:3, 3] (3), post-rot/trans (6), BDA (5 + translation 3; identity here, as with the
+    official ``apply_bda=False``), then the 3x4 sensor->ego block.
 
-    Differences from the official vector: our T_cam_grid already contains the P2 shift, so the three shift
-    entries are 0 and the sensor->ego matrix is inv(T_cam_grid) instead of inv(Tr); BDA is always identity.
+    ``T_cam_grid`` maps the grid into the camera's own optical frame, and ``p_shift`` is the 4th column of the
+    camera's rectified projection matrix P = K [I | t] (None: zeros, the camera is its own reference). The
+    official vector describes the *reference* camera of P (KITTI: camera 0), which sits at -t in the camera
+    frame: its sensor->ego block is inv(T_cam_grid) @ Trans(t) = inv(Tr) for KITTI. "shift_folded" is the
+    convention of this project's older checkpoints: zeros for the shift and inv(T_cam_grid).
     """
     B = K.shape[0]
     K, T, A = K.float(), T_cam_grid.float(), img_aug.float()
     zeros, ones = K.new_zeros(B), K.new_ones(B)
-    sensor2ego = torch.linalg.inv(T)[:, :3, :4].reshape(B, 12)
-    cols = [K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], zeros, zeros, zeros,
+    sensor2ego = torch.linalg.inv(T)[:, :3, :4]
+    shift = K.new_zeros(B, 3) if p_shift is None else p_shift.float().reshape(B, 3)
+    if convention == "official":
+        t = torch.linalg.solve(K, shift[..., None])  # (B, 3, 1): P[:, 3] = K t
+        sensor2ego = torch.cat([sensor2ego[..., :3], sensor2ego[..., 3:] + sensor2ego[..., :3] @ t], dim=-1)
+    elif convention == "shift_folded":
+        shift = K.new_zeros(B, 3)
+    else:
+        raise ValueError(f"unknown camera convention {convention!r}")
+    cols = [K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], shift[:, 0], shift[:, 1], shift[:, 2],
             A[:, 0, 0], A[:, 0, 1], A[:, 0, 2], A[:, 1, 0], A[:, 1, 1], A[:, 1, 2],
             ones, zeros, zeros, ones, ones, zeros, zeros, zeros]
-    return torch.cat([torch.stack(cols, dim=1), sensor2ego], dim=1)
+    return torch.cat([torch.stack(cols, dim=1), sensor2ego.reshape(B, 12)], dim=1)
 
 
 class Mlp(nn.Module):

@@ -92,12 +92,12 @@ class InvertedResidual(nn.Module):
     """MBConv: 1x1 expand -> depthwise kxk -> SE -> 1x1 project (+ residual with drop path)."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int, drop_path: float,
-                 eps: float = 1e-3) -> None:
+                 eps: float = 1e-3, se_divisor: int = 1) -> None:
         super().__init__()
         mid = cin * expand
         self.expand_conv = ConvBNAct(cin, mid, 1, eps=eps) if expand != 1 else None
         self.depthwise_conv = ConvBNAct(mid, mid, k, stride, groups=mid, eps=eps)
-        self.se = SELayer(mid, make_divisible(cin / 4, 8))
+        self.se = SELayer(mid, make_divisible(cin / 4, se_divisor))
         self.linear_conv = ConvBNAct(mid, cout, 1, act=False, eps=eps)
         self.residual = stride == 1 and cin == cout
         self.drop_path = DropPath(drop_path) if self.residual else nn.Identity()
@@ -110,7 +110,7 @@ class InvertedResidual(nn.Module):
 
 class EfficientNet(nn.Module):
     def __init__(self, width: float = 2.0, depth: float = 3.1, drop_path_rate: float = 0.2,
-                 bn_eps: float = 1e-3) -> None:
+                 bn_eps: float = 1e-3, se_divisor: int = 1) -> None:
         super().__init__()
         groups = [[(k, make_divisible(c * width), s, e, int(math.ceil(n * depth))) for k, c, s, e, n in stage]
                   for stage in _STAGES]
@@ -124,7 +124,7 @@ class EfficientNet(nn.Module):
             blocks = []
             for k, c, s, e, n in stage:
                 for i in range(n):
-                    blocks.append(InvertedResidual(cin, c, k, s if i == 0 else 1, e, rates[bi], bn_eps))
+                    blocks.append(InvertedResidual(cin, c, k, s if i == 0 else 1, e, rates[bi], bn_eps, se_divisor))
                     cin, bi = c, bi + 1
             self.layers.append(nn.Sequential(*blocks))
             self.out_channels.append(cin)

@@ -175,7 +175,7 @@ class _Encoder(nn.Module):
 class CrossTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.level_embeds = nn.Parameter(torch.empty(1, cfg.embed_dims).normal_())
+        self.level_embeds = nn.Parameter(torch.empty(cfg.num_level_embeds, cfg.embed_dims).normal_())
         self.cams_embeds = nn.Parameter(torch.empty(1, cfg.embed_dims).normal_())
         self.encoder = _Encoder(nn.ModuleList([CrossLayer(cfg) for _ in range(cfg.num_cross_layers)]))
 

@@ -20,6 +20,7 @@ KITTI_K = np.array([[707.09, 0.0, 601.89], [0.0, 707.09, 183.11], [0.0, 0.0, 1.0
 KITTI_T_CAM_GRID = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, -0.08], [1.0, 0.0, 0.0, -0.27],
                              [0.0, 0.0, 0.0, 1.0]])
 KITTI_IMAGE_HW = (370, 1226)
+KITTI_P_SHIFT = np.array([46.89, 0.12, 0.0062])  # P2[:3, 3]: camera 2 sits 0.06 m left of the reference camera
 
 
 def synthetic_depth(K: np.ndarray, image_hw: Tuple[int, int], cam_height: float = 1.73, wall_m: float = 30.0
@@ -37,7 +38,7 @@ def example_inputs(cfg: ModelConfig, batch_size: int = 1, stereo: bool = True, s
     """Random image, KITTI camera, synthetic stereo depth (sample i uses wall distance wall_m[i % len])."""
     g = torch.Generator().manual_seed(seed)
     H, W = cfg.input_size
-    aug, (rh, rw) = input_transform(*KITTI_IMAGE_HW, out_hw=cfg.input_size)
+    aug, (rh, rw, _, _) = input_transform(*KITTI_IMAGE_HW, out_hw=cfg.input_size)
     image = torch.randn(batch_size, 3, H, W, generator=g)
     depths = []
     for i in range(batch_size):
@@ -51,5 +52,6 @@ def example_inputs(cfg: ModelConfig, batch_size: int = 1, stereo: bool = True, s
         T_cam_grid=torch.as_tensor(KITTI_T_CAM_GRID, dtype=torch.float32)[None].repeat(*rep),
         img_aug=torch.as_tensor(aug, dtype=torch.float32)[None].repeat(*rep),
         stereo_depth=torch.stack(depths)[:, None] if stereo else None,
+        p_shift=torch.as_tensor(KITTI_P_SHIFT, dtype=torch.float32)[None].repeat(batch_size, 1),
     )
     return inputs.to(device) if device is not None else inputs

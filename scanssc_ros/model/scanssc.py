@@ -46,11 +46,15 @@ class ModelInputs:
     T_cam_grid: torch.Tensor  # (B, 4, 4) grid (LiDAR) frame -> camera optical frame
     img_aug: torch.Tensor  # (B, 3, 3) original pixels -> network-input pixels (resize/crop)
     stereo_depth: Optional[torch.Tensor] = None  # (B, 1, H, W) metres at input resolution; <=0/NaN = invalid
+    # (B, 3) 4th column of the camera's rectified projection matrix (KITTI P2: ~(46.9, 0.12, 0.0062) px);
+    # None = zeros. Only the camera vector reads it: the geometry is already exact through T_cam_grid.
+    p_shift: Optional[torch.Tensor] = None
 
     def to(self, device) -> ModelInputs:
-        sd = None if self.stereo_depth is None else self.stereo_depth.to(device)
+        def move(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t.to(device)
         return ModelInputs(self.image.to(device), self.K.to(device), self.T_cam_grid.to(device),
-                           self.img_aug.to(device), sd)
+                           self.img_aug.to(device), move(self.stereo_depth), move(self.p_shift))
 
 
 @dataclass
@@ -67,7 +71,7 @@ class ScanSSC(nn.Module):
         cfg = config.validate()
         self.config = cfg
         self.img_backbone = EfficientNet(cfg.backbone_width, cfg.backbone_depth, cfg.backbone_drop_path,
-                                         cfg.backbone_bn_eps)
+                                         cfg.backbone_bn_eps, cfg.se_divisor)
         self.img_neck = SECONDFPN(self.img_backbone.out_channels, cfg.neck_channels)
         self.depth_net = GeometryDepthNet(
             in_channels=self.img_neck.out_channels, mid_channels=cfg.depth_mid_channels,
@@ -86,6 +90,8 @@ class ScanSSC(nn.Module):
         expect = {"image": (B, 3, H, W), "K": (B, 3, 3), "T_cam_grid": (B, 4, 4), "img_aug": (B, 3, 3)}
         if x.stereo_depth is not None:
             expect["stereo_depth"] = (B, 1, H, W)
+        if x.p_shift is not None:
+            expect["p_shift"] = (B, 3)
         for name, shape in expect.items():
             got = tuple(getattr(x, name).shape)
             if got != shape:
@@ -99,7 +105,7 @@ class ScanSSC(nn.Module):
         with stage(timings, "backbone_neck", dev):
             feats = self.img_neck(self.img_backbone(inputs.image))
         with stage(timings, "depth", dev):
-            cam = camera_vector(K, T, A)  # float32: autocast casts it where a matmul needs it
+            cam = camera_vector(K, T, A, inputs.p_shift, cfg.input_convention)  # float32; autocast casts where needed
             context, depth, mono_logits = self.depth_net(feats, cam, inputs.stereo_depth)
         with stage(timings, "lift", dev):
             pts = frustum_points(K, T, A, cfg.input_size, context.shape[-2:], cfg.dbound, cfg.num_bins)

@@ -155,7 +155,7 @@ class FrameProcessor:
             timings["decode"] = (time.perf_counter() - t0) * 1e3
         t2 = time.perf_counter()
         try:
-            prediction = self.predictor.predict(rgb, cam.K, self.cam_from_grid, prior)
+            prediction = self.predictor.predict(rgb, cam.K, self.cam_from_grid, prior, p_shift=cam.p_shift)
         except ValueError as exc:  # the Predictor's own input checks (e.g. K not a pinhole matrix)
             raise FrameError(f"rejected by the predictor: {exc}") from None
         timings["inference"] = (time.perf_counter() - t2) * 1e3

@@ -153,7 +153,8 @@ def decode_image(msg: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ camera_info
 @dataclass(frozen=True)
 class CameraModel:
-    """What the node needs from a CameraInfo: K (3x3, from K or else P), P (3x4) and the image size."""
+    """What the node needs from a CameraInfo: K (3x3 rectified intrinsics: P[:3, :3], or K when P is all zeros),
+    P (3x4) and the image size."""
 
     K: np.ndarray
     P: np.ndarray
@@ -161,6 +162,12 @@ class CameraModel:
     height: int
     frame_id: str
     distorted: bool  # any nonzero distortion coefficient: the image must be rectified before use
+
+    @property
+    def p_shift(self) -> np.ndarray:
+        """P[:3, 3] in the scale where P[2, 2] = 1: where the camera sits relative to the rectification's
+        reference camera (KITTI camera 2: ~(46.9, 0.12, 0.0062) px; 0 for a ROS left camera)."""
+        return self.P[:, 3] / self.P[2, 2]
 
 
 def _numbers(values: Any, name: str) -> np.ndarray:
@@ -171,8 +178,8 @@ def _numbers(values: Any, name: str) -> np.ndarray:
 
 
 def camera_info_to_intrinsics(msg: Any) -> CameraModel:
-    """CameraInfo -> :class:`CameraModel`. K falls back to P[:, :3] when K is all zeros (KITTI odometry bags);
-    P falls back to [K | 0] when P is all zeros. Raises :class:`CameraInfoError` without a usable model."""
+    """CameraInfo -> :class:`CameraModel`. The intrinsics are P[:, :3] (the rectified camera), or K when P is
+    all zeros, and then P becomes [K | 0]. Raises :class:`CameraInfoError` without a usable model."""
     try:
         width, height = int(msg.width), int(msg.height)
     except (TypeError, ValueError, OverflowError) as exc:

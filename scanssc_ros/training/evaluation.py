@@ -33,7 +33,7 @@ def model_inputs(batch: SscBatch, depth_mode: str) -> ModelInputs:
     if depth_mode == "stereo" and stereo is None:
         raise ValueError("stereo depth mode but the batch has no stereo depth")
     return ModelInputs(image=batch.image, K=batch.K, T_cam_grid=batch.T_cam_grid, img_aug=batch.img_aug,
-                       stereo_depth=stereo)
+                       stereo_depth=stereo, p_shift=batch.p_shift)
 
 
 def reduce_metrics(metrics: SSCMetrics, ctx: DistContext) -> SSCMetrics:

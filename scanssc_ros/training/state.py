@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -94,6 +94,19 @@ def restore_training(train: Dict[str, Any], optimizer: torch.optim.Optimizer, sc
     return TrainState.from_dict(train["state"])
 
 
-def initial_model_state(path: str) -> Optional[Dict[str, torch.Tensor]]:
-    """Model weights of a scanssc_ros checkpoint (for ``--init``: a start point, not a resume)."""
-    return checkpoint.read(path)["state_dict"]
+def load_initial_weights(path: str, model: nn.Module) -> List[str]:
+    """``--init``: a scanssc_ros checkpoint is loaded strictly (same variant, every key); any other file (the
+    official release's ``ScanSSC_SemanticKitti.ckpt``, ``pretrain_geodepth.pth`` or the mmcls EfficientNet-B7) is
+    loaded partially, by name and shape. Returns report lines saying what was loaded and what was left random."""
+    from scanssc_ros.official_weights import init_state
+
+    try:
+        payload = checkpoint.read(path)
+    except ValueError:
+        payload = None
+    if payload is not None:
+        checkpoint.load_state_dict_strict(model, payload["state_dict"], source=path)
+        return [f"init: all {len(payload['state_dict'])} tensors from {path}"]
+    state, report = init_state(path, model)
+    model.load_state_dict(state, strict=False)
+    return [f"init from {path}: {line}" for line in report.lines()]

@@ -64,7 +64,7 @@ from scanssc_ros.training.run_log import RunLog
 from scanssc_ros.training.state import (
     TrainState,
     capture_rng,
-    initial_model_state,
+    load_initial_weights,
     read_training_state,
     restore_training,
     save_training_checkpoint,
@@ -202,7 +202,8 @@ class Trainer:
         if payload is not None:
             checkpoint.load_state_dict_strict(model, payload["state_dict"], source=opts.resume)
         elif opts.init:
-            checkpoint.load_state_dict_strict(model, initial_model_state(opts.init), source=opts.init)
+            for line in load_initial_weights(opts.init, model):
+                _info(ctx, line)
         model.to(ctx.device)
         if ctx.distributed and ctx.device.type == "cuda" and opts.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
