@@ -5,7 +5,9 @@ Conventions (the official ``tools/metric.py``, spec section 7):
   land in confusion[0, 0]: a true "empty" that changes no reported number (class 0 is not in the mIoU).
 - No FOV mask; everything is accumulated over the whole split before any ratio is taken.
 - Completion: occupied = label > 0. IoU = TP / (TP + FP + FN), precision = TP / (TP + FP), recall =
-  TP / (TP + FN); NaN when the denominator is 0.
+  TP / (TP + FN). Empty denominators follow semantic-kitti-api's ``evaluate_completion.py``, whose precision and
+  recall carry a float32-epsilon guard and whose IoU does not: precision is 0 when nothing is predicted occupied,
+  recall is 0 when nothing is occupied in the ground truth, and IoU is NaN (0 / 0) only when neither is.
 - Per class: IoU = TP / (TP + FP + FN + 1e-5), so a class absent from both prediction and ground truth scores 0.
   mIoU averages classes 1..C-1.
 
@@ -29,9 +31,10 @@ AXES: Tuple[Tuple[str, int], ...] = (("depth", 0), ("width", 1), ("height", 2))
 _AXIS_NAMES = ("x", "y", "z")
 
 
-def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """num / den, ``empty`` where den is 0."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
+    out = np.full(np.broadcast(num, den).shape, empty)
     np.divide(num, den, out=out, where=den > 0)
     return out
 
@@ -48,9 +51,9 @@ def scores_from_confusion(conf: np.ndarray) -> Dict[str, np.ndarray]:
     occ_fp = conf[..., 0, 1:].sum(-1)
     occ_fn = conf[..., 1:, 0].sum(-1)
     return {
-        "precision": _safe_ratio(occ_tp, occ_tp + occ_fp),
-        "recall": _safe_ratio(occ_tp, occ_tp + occ_fn),
-        "iou": _safe_ratio(occ_tp, occ_tp + occ_fp + occ_fn),
+        "precision": _safe_ratio(occ_tp, occ_tp + occ_fp, 0.0),
+        "recall": _safe_ratio(occ_tp, occ_tp + occ_fn, 0.0),
+        "iou": _safe_ratio(occ_tp, occ_tp + occ_fp + occ_fn, np.nan),
         "class_iou": class_iou,
         "miou": class_iou[..., 1:].mean(-1),
     }

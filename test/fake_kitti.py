@@ -4,8 +4,9 @@
 textured left/right PNGs at the KITTI size, ``calib.txt`` (copied from the real sample when ../shared/data has
 it, else the same sequence-08 values written out), ``poses.txt``, a velodyne scan sampled from the scene,
 ``voxels/NNNNNN.label`` (uint16 raw ids through learning_map_inv) + ``.invalid``, and a ``semantic-kitti.yaml``
-generated from ``labels.SEMANTIC_KITTI``. Each frame is a simple street: road, sidewalks, terrain, two building
-rows, a few cars, trees and poles, with the far end and the layer under the ground marked invalid.
+generated from ``labels.SEMANTIC_KITTI`` (plus the official file's outlier / other-structure / other-object -> 0).
+Each frame is a simple street: road, sidewalks, terrain, two building rows, a few cars, trees and poles, with the
+far end and the layer under the ground marked invalid.
 
 The ``fake_kitti`` fixture builds it once per test session (it is shared by several test modules).
 """
@@ -39,14 +40,18 @@ Tr: -1.857739e-03 -9.999660e-01 -8.039975e-03 -4.784030e-03 -6.481466e-03 8.0518
 C = {name: i for i, name in enumerate(SEMANTIC_KITTI.classes)}
 
 
+# raw ids that the official learning_map sends to 0 ("unlabeled") although they are not raw 0
+UNLABELED_RAW = {1: "outlier", 52: "other-structure", 99: "other-object"}
+
+
 def label_yaml() -> Dict:
     inv = {i: raw for i, raw in enumerate(RAW_IDS)}
     lmap = {raw: i for i, raw in inv.items()}
-    lmap[1] = 0  # outlier -> unlabeled
     colors = {raw: list(SEMANTIC_KITTI.colors_rgb[i][::-1]) for i, raw in inv.items()}
-    colors[1] = [0, 0, 255]
     names = {raw: SEMANTIC_KITTI.classes[i] for i, raw in inv.items()}
-    names[0], names[1] = "unlabeled", "outlier"
+    names[0] = "unlabeled"
+    for raw, name in UNLABELED_RAW.items():
+        lmap[raw], colors[raw], names[raw] = 0, [0, 0, 255], name
     return {"labels": names, "color_map": colors, "learning_map": lmap, "learning_map_inv": inv,
             "learning_ignore": {i: i == 0 for i in inv},
             "split": {"train": [0, 1, 2, 3, 4, 5, 6, 7, 9, 10], "valid": [8], "test": list(range(11, 22))}}

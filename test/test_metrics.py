@@ -115,4 +115,28 @@ def test_scores_from_confusion_batched():
     conf = np.stack([np.eye(3, dtype=np.int64) * 5, np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])])
     s = scores_from_confusion(conf)
     assert s["iou"][0] == 1.0 and s["iou"][1] == 0.0
-    assert np.isnan(s["recall"][1])  # no occupied ground truth: recall undefined
+    assert s["recall"][1] == 0.0  # no occupied ground truth: 0, as the official evaluator
+
+
+@pytest.mark.parametrize("gt_occupied, pred_occupied, expect", [
+    # (precision, recall, iou) of semantic-kitti-api evaluate_completion.py: precision TP / (TP + FP + eps),
+    # recall TP / (TP + FN + eps), IoU TP / (TP + FP + FN) with no guard
+    (True, False, (0.0, 0.0, 0.0)),  # nothing predicted occupied: precision 0, not NaN
+    (False, True, (0.0, 0.0, 0.0)),  # nothing occupied in the ground truth: recall 0
+    (False, False, (0.0, 0.0, np.nan)),  # neither: the official IoU is 0 / 0
+])
+def test_completion_edge_cases_match_official(gt_occupied, pred_occupied, expect):
+    gt = np.zeros((1,) + SMALL.dims, np.int64)
+    pred = np.zeros_like(gt)
+    gt[0, :2] = 3 if gt_occupied else 0
+    pred[0, 4:] = 5 if pred_occupied else 0
+    gt[0, 7, 7] = 255  # an ignored voxel changes nothing
+    m = SSCMetrics(20, grid=SMALL)
+    m.add_batch(pred, gt)
+    s = m.scores()
+    got = (float(s["precision"]), float(s["recall"]), float(s["iou"]))
+    np.testing.assert_array_equal(got, expect)
+    summary = m.summary()
+    assert summary["precision"] == 0.0 and summary["recall"] == 0.0
+    # per-index scores follow the same rule: slabs with no predicted occupancy have precision 0
+    assert not np.isnan(m.slab_scores("depth")["precision"]).any()

@@ -72,6 +72,25 @@ def test_sparse_ground_truth_maps_and_invalid(tmp_path):
     assert (got[invalid] == 255).all() and (got == 0).sum() == SMALL.num_voxels - 4
 
 
+@pytest.mark.parametrize("ignore_line", ["learning_ignore: {0: true, 1: false}\n", ""])
+def test_points_of_train_id_zero_never_make_a_voxel_empty(tmp_path, ignore_line):
+    """Points labelled unlabeled / outlier / other-structure / other-object (learning_map -> 0) leave their voxel
+    unknown (255), as the benchmark's voxel rule does for those raw ids, and never outvote a class; with or
+    without learning_ignore in the yaml."""
+    (tmp_path / "c.yaml").write_text(
+        "labels: {0: u, 10: car}\ncolor_map: {0: [0,0,0], 10: [1,2,3]}\n"
+        "learning_map: {0: 0, 1: 0, 10: 1, 52: 0, 99: 0}\nlearning_map_inv: {0: 0, 1: 10}\n" + ignore_line)
+    cfg = load_label_config(tmp_path / "c.yaml")
+    v = SMALL.voxel_size
+    centre = lambda i: np.array(SMALL.origin) + (np.array([i, 0, 0]) + 0.5) * v  # noqa: E731
+    pts = np.array([centre(0), centre(1), centre(2), centre(3), centre(4), centre(4), centre(4)])
+    raw = np.array([0, 1, 52, 99, 52, 99, 10], np.uint32)
+    got = sparse_gt.sparse_ground_truth(pts, raw, cfg, None, SMALL)
+    assert got[:4, 0, 0].tolist() == [255, 255, 255, 255]
+    assert got[4, 0, 0] == 1  # one car point against two unlabeled ones
+    assert (got == 0).sum() == SMALL.num_voxels - 5
+
+
 def test_accumulate_scans_and_velo_to_velo():
     rng = np.random.default_rng(1)
     Tr = np.eye(4)

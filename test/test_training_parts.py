@@ -7,17 +7,23 @@ import random
 import numpy as np
 import pytest
 import torch
-from fake_kitti import fake_kitti  # noqa: F401  (session fixture)
+from fake_kitti import UNLABELED_RAW, fake_kitti, make_fake_semantickitti  # noqa: F401  (session fixture)
 from torch.utils.data import DistributedSampler
 
+from scanssc_ros.data.depth import DBOUND
 from scanssc_ros.data.label_scale import downsample_labels
+from scanssc_ros.data.labels_io import load_label_config, read_voxel_labels, write_voxel_labels
+from scanssc_ros.data.sample import collate
+from scanssc_ros.data.semantickitti import SemanticKittiDataset
 from scanssc_ros.labels import IGNORE, KITTI360, SEMANTIC_KITTI
+from scanssc_ros.losses import LossWeights
+from scanssc_ros.model.scanssc import ModelOutputs
 from scanssc_ros.training.class_weights import count_target_classes, resolve_class_weights, weights_from_frequencies
 from scanssc_ros.training.data import DataOptions, SeededAugmentation, build_dataset, load_target, parse_frames
 from scanssc_ros.training.distributed import DistContext, ResumableDistributedSampler, shard_indices
 from scanssc_ros.training.run_log import RunLog, read_jsonl
 from scanssc_ros.training.state import capture_rng, restore_rng
-from scanssc_ros.training.trainer import build_config
+from scanssc_ros.training.trainer import build_config, compute_losses
 
 
 def test_sampler_matches_torch_and_skips():
@@ -78,6 +84,54 @@ def test_class_counts_from_targets(fake_kitti):  # noqa: F811
     assert given.shape == (20,) and np.all(given == 0.5)
     with pytest.raises(ValueError, match="20 classes"):
         resolve_class_weights("1,2,3", SEMANTIC_KITTI, ds, 4, DistContext())
+
+
+def test_unlabeled_raw_voxels_are_ignored_by_targets_and_loss(tmp_path):
+    """Voxels labelled outlier / other-structure / other-object (learning_map -> 0) reach training as 255 through
+    the real reader, so the loss leaves them alone; raw 0 stays a supervised empty voxel."""
+    root = make_fake_semantickitti(tmp_path, {"08": 1})
+    path = root / "sequences" / "08" / "voxels" / "000000.label"
+    raw = read_voxel_labels(path)
+    # 4^3 blocks aligned to the tiny model grid (factor 4), in free air above the road of the fake street
+    corners = {1: (100, 120, 20), 52: (104, 120, 20), 99: (108, 120, 20), 0: (112, 120, 20)}
+    blocks = {rid: tuple(slice(c, c + 4) for c in corner) for rid, corner in corners.items()}
+    for rid, block in blocks.items():
+        assert (raw[block] == 0).all()
+        raw[block] = rid
+    single = (60, 200, 12)
+    raw[single] = 99
+    write_voxel_labels(path, raw)
+
+    ds = SemanticKittiDataset(root, frames=[("08", "000000")], target_source="voxel_label", with_lidar_depth=False)
+    sample = ds[0]
+    target = sample.target.numpy()
+    assert sorted(UNLABELED_RAW) == [1, 52, 99] == ds.label_config.voxel_ignored_raw_ids()
+    for rid, block in blocks.items():
+        assert (target[block] == (0 if rid == 0 else IGNORE)).all(), rid
+    assert target[single] == IGNORE
+    # everything else keeps its learning_map class, and .invalid still wins
+    cfg = load_label_config(root / "semantic-kitti.yaml")
+    rest = ~np.isin(raw, list(UNLABELED_RAW)) & ~sample.invalid.numpy()
+    assert np.array_equal(target[rest], cfg.to_train(raw)[rest])
+    assert (target[rest] > 0).sum() > 1000
+
+    batch = collate([sample])
+    coarse = downsample_labels(batch.target, 4, 20)[0]
+    cell = {rid: tuple(c // 4 for c in corner) for rid, corner in corners.items()}
+    assert [int(coarse[cell[r]]) for r in (1, 52, 99, 0)] == [IGNORE, IGNORE, IGNORE, 0]
+    torch.manual_seed(0)
+    logits = torch.randn(1, 20, 64, 64, 8, requires_grad=True)
+    out = ModelOutputs(logits=logits, depth=torch.zeros(1), mono_depth_logits=torch.zeros(1),
+                       proposal=torch.zeros(1, dtype=torch.bool))
+    # the per-voxel terms (CE, both SCALs); the Scan Loss averages logits over windows, ignored voxels included,
+    # by design (spec section 4), so its gradient reaches them whatever their label
+    terms = compute_losses(out, batch, 4, 20, None, LossWeights(scan=0.0, depth=0.0), DBOUND)
+    assert set(terms) == {"ce", "sem_scal", "geo_scal", "total"}
+    terms["total"].backward()
+    grad = logits.grad[0].abs().sum(0)
+    for rid in (1, 52, 99):
+        assert grad[cell[rid]] == 0, rid
+    assert grad[cell[0]] > 0
 
 
 def test_build_config():

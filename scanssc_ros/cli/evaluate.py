@@ -6,10 +6,15 @@
 Official protocol (spec section 7): every voxel of the 256x256x32 grid except ground-truth 255, completion
 IoU / precision / recall and per-class IoU accumulated over the split, mIoU over classes 1..C-1. A coarser model
 grid (tiny) is repeated up to the dataset grid first. Prints the class table and the distance table (paper
-Table 1 layout) and writes to --out: ``results.json``, ``metrics.txt``, ``distance.png`` (per-index curves), and
-with --export-labels the predictions as official uint16 ``.label`` files (learning_map_inv) under
+Table 1 layout) and writes to --out: ``results.json`` (scores and the label mapping used), ``metrics.txt``,
+``distance.png`` (per-index curves), and with --export-labels the predictions as official uint16 ``.label`` files
+(learning_map_inv) under
 ``predictions/sequences/<seq>/predictions/<frame>.label`` (the benchmark submission layout, which --predictions
 reads back). Runs under torchrun too: each rank scores its share of the frames and writes its own label files.
+
+Voxel ``.label`` files (ground truth and --predictions) go through the benchmark's completion mapping
+(``LabelConfig.voxel_to_train``): raw ids other than 0 that learning_map sends to 0 (outlier, other-structure,
+other-object) are ignored like ``.invalid`` voxels, not scored as empty.
 """
 from __future__ import annotations
 
@@ -28,12 +33,26 @@ from tqdm import tqdm
 from scanssc_ros import checkpoint
 from scanssc_ros.cli.common import add_data_args, data_options, run_main
 from scanssc_ros.data.label_scale import grid_factor
-from scanssc_ros.data.labels_io import LabelConfig, export_prediction, read_voxel_labels
+from scanssc_ros.data.labels_io import (
+    VOXEL_MAPPING,
+    VOXEL_MAPPING_RULE,
+    LabelConfig,
+    export_prediction,
+    read_voxel_labels,
+)
 from scanssc_ros.data.sample import collate
 from scanssc_ros.geometry import SEMANTIC_KITTI_GRID
+from scanssc_ros.labels import IGNORE
 from scanssc_ros.metrics import SSCMetrics
 from scanssc_ros.training.amp import PRECISIONS
-from scanssc_ros.training.data import build_dataset, label_config_for, label_set_for, load_target, parse_frames
+from scanssc_ros.training.data import (
+    DataOptions,
+    build_dataset,
+    label_config_for,
+    label_set_for,
+    load_target,
+    parse_frames,
+)
 from scanssc_ros.training.distributed import DistContext, init_distributed, shard_indices, shutdown
 from scanssc_ros.training.evaluation import evaluate, metrics_report, reduce_metrics
 
@@ -69,7 +88,7 @@ def _subset(dataset: Dataset, ctx: DistContext, limit: Optional[int]) -> List[in
 
 def score_files(dataset: Dataset, pred_root: Path, cfg: LabelConfig, ctx: DistContext, limit: Optional[int],
                 progress: bool) -> SSCMetrics:
-    """Metrics of exported ``.label`` predictions (raw ids, through learning_map) against the targets."""
+    """Metrics of exported ``.label`` predictions (raw ids, through the completion mapping) against the targets."""
     metrics = SSCMetrics(cfg.num_classes, distance_analysis=True, grid=SEMANTIC_KITTI_GRID)
     for i in tqdm(_subset(dataset, ctx, limit), desc="eval", disable=not progress, dynamic_ncols=True):
         seq, frame = dataset.frames[i]
@@ -79,8 +98,27 @@ def score_files(dataset: Dataset, pred_root: Path, cfg: LabelConfig, ctx: DistCo
         path = prediction_path(pred_root, seq, frame)
         if not path.is_file():
             raise FileNotFoundError(f"missing prediction {path}")
-        metrics.add_batch(cfg.to_train(read_voxel_labels(path, SEMANTIC_KITTI_GRID.dims)), target)
+        raw = read_voxel_labels(path, SEMANTIC_KITTI_GRID.dims)
+        pred = cfg.voxel_to_train(raw)
+        # A prediction must name a class or empty wherever the ground truth is scored; the official evaluator
+        # fails on such a voxel too (its lookup gives 255, outside the confusion matrix).
+        unscorable = (pred == IGNORE) & (np.asarray(target) != IGNORE)
+        if unscorable.any():
+            ids = sorted(set(np.unique(raw[unscorable]).tolist()))
+            raise ValueError(f"{path}: {int(unscorable.sum())} scored voxels hold raw ids {ids[:10]} that are not a "
+                             f"class or empty under the {VOXEL_MAPPING} mapping")
+        metrics.add_batch(pred, target)
     return reduce_metrics(metrics, ctx)
+
+
+def label_mapping_record(cfg: Optional[LabelConfig], data: DataOptions) -> Dict[str, Any]:
+    """How voxel labels were mapped in this run, for ``results.json``. ``cfg`` is the yaml the ``.label`` files
+    went through; without one (KITTI-360, preprocessed targets) the targets are scored as stored."""
+    record: Dict[str, Any] = {"voxel": VOXEL_MAPPING, "rule": VOXEL_MAPPING_RULE, "target_source": data.target_source}
+    if cfg is not None:
+        record["label_config"] = data.label_config or str(Path(data.root) / "semantic-kitti.yaml")
+        record["ignored_raw_ids"] = cfg.voxel_ignored_raw_ids()
+    return record
 
 
 def write_results(out: Path, metrics: SSCMetrics, class_names, meta: Dict[str, Any]) -> Dict[str, Any]:
@@ -124,6 +162,7 @@ def _run(args: argparse.Namespace, ctx: DistContext) -> int:
             raise ValueError("reading .label predictions needs a label yaml (--label-config)")
         metrics = score_files(dataset, Path(args.predictions), cfg, ctx, args.limit, progress)
         meta["source"] = f"predictions {args.predictions}"
+        meta["label_mapping"] = label_mapping_record(cfg, data)
     else:
         model, config, extra = checkpoint.load(args.checkpoint, map_location="cpu")
         if config.num_classes != label_set.num_classes:
@@ -150,7 +189,8 @@ def _run(args: argparse.Namespace, ctx: DistContext) -> int:
         metrics = evaluate(model.to(ctx.device), loader, ctx, config.num_classes, factor, depth_mode,
                            args.precision, on_prediction=sink, progress=progress)
         meta.update(source=f"checkpoint {args.checkpoint}", variant=config.variant, depth_mode=depth_mode,
-                    precision=args.precision, model_grid=list(config.grid_dims), target_factor=factor)
+                    precision=args.precision, model_grid=list(config.grid_dims), target_factor=factor,
+                    label_mapping=label_mapping_record(getattr(dataset, "label_config", None), data))
     if ctx.is_main:
         write_results(out, metrics, label_set.classes, meta)
         print(f"scanssc-eval: results in {out}", file=sys.stderr)

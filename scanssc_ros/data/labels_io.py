@@ -5,6 +5,15 @@
 - Point labels (``labels/*.label``): uint32 per point, low 16 bits semantic id, high 16 bits instance id.
 - Voxel masks (``voxels/*.bin|.invalid|.occluded``): one bit per voxel, MSB first, 256x256x32 in C order.
 - Voxel labels (``voxels/*.label`` and the benchmark submission format): uint16 raw id per voxel, C order.
+
+Three mappings from raw ids to train ids, because train id 0 means different things:
+- ``to_train``: the yaml's learning_map as written (train id 0 = "unlabeled").
+- ``voxel_to_train``: voxel grids, where train id 0 means *empty*. Only raw 0 is empty; every other raw id that
+  learning_map sends to 0 (SemanticKITTI: 1 outlier, 52 other-structure, 99 other-object) is a voxel of unknown
+  class and becomes 255 (ignored). This is what the benchmark's ``evaluate_completion.py`` (semantic-kitti-api)
+  scores and what the MonoScene/VoxFormer preprocessing writes into the ``_1_1.npy`` targets.
+- ``point_to_train``: labelled LiDAR points. A point is evidence of an occupied voxel, never of an empty one, so
+  every point whose train id is 0 (raw 0 included) or whose class is in ``learning_ignore`` becomes 255.
 """
 from __future__ import annotations
 
@@ -21,6 +30,11 @@ from scanssc_ros.labels import IGNORE
 PathLike = Union[str, Path]
 GRID_DIMS: Tuple[int, int, int] = SEMANTIC_KITTI_GRID.dims
 _RAW_IDS = 1 << 16
+# How voxel ground truth is mapped, as recorded in the eval results (see ``LabelConfig.voxel_to_train``).
+VOXEL_MAPPING = "completion"
+VOXEL_MAPPING_RULE = ("learning_map, then every raw id other than 0 that learning_map sends to train id 0 -> 255 "
+                      "(ignored); raw 0 stays 0 (empty). As semantic-kitti-api evaluate_completion.py and the "
+                      "MonoScene/VoxFormer _1_1.npy preprocessing.")
 
 
 @dataclass(frozen=True)
@@ -42,18 +56,54 @@ class LabelConfig:
         return self.color_map_bgr[self.learning_map_inv][:, ::-1].copy()
 
     def to_train(self, raw: np.ndarray, ignore_to_255: bool = False) -> np.ndarray:
-        """Raw semantic ids (any unsigned/int array, instance bits already removed) -> uint8 train ids.
+        """Raw semantic ids (any unsigned/int array; instance bits in the upper 16 bits are dropped) -> uint8 train
+        ids through the plain learning_map. ``ignore_to_255`` also sends the ``learning_ignore`` classes to 255.
 
-        ``ignore_to_255`` also sends the ``learning_ignore`` classes (train id 0 "unlabeled" for points) to 255.
-        Keep it off for voxel grids, where train id 0 means *empty* and must stay 0.
+        Not for ground truth: voxel grids go through ``voxel_to_train``, labelled points through ``point_to_train``.
         """
-        raw = np.asarray(raw)
         lut = self.learning_map
         if ignore_to_255:
-            ignored = np.zeros(256, bool)
-            ignored[: self.num_classes] = self.learning_ignore
-            lut = np.where(ignored[lut], np.uint8(IGNORE), lut)
-        return lut[raw.astype(np.int64) & 0xFFFF]
+            lut = np.where(self._ignored_train_ids()[lut], np.uint8(IGNORE), lut)
+        return self._lookup(lut, raw)
+
+    @property
+    def voxel_learning_map(self) -> np.ndarray:
+        """(65536,) uint8 lookup of ``voxel_to_train``."""
+        lut = self.learning_map.copy()
+        lut[lut == 0] = IGNORE
+        lut[0] = 0
+        return lut
+
+    def voxel_ignored_raw_ids(self) -> List[int]:
+        """The raw ids listed in learning_map that ``voxel_to_train`` sends to 255: those mapped to 0, except 0."""
+        mapped = np.zeros(_RAW_IDS, bool)
+        mapped[self.learning_map != IGNORE] = True
+        return np.flatnonzero(mapped & (self.voxel_learning_map == IGNORE)).tolist()
+
+    def voxel_to_train(self, raw: np.ndarray) -> np.ndarray:
+        """Raw ids of a voxel grid -> uint8 train ids, the benchmark's completion mapping (module docstring).
+
+        In a voxel grid train id 0 must mean "observed free space"; a voxel labelled outlier / other-structure /
+        other-object is occupied by something outside the 19 classes, so scoring it as empty would punish a
+        correct occupancy prediction there. Use it for ground truth and for ``.label`` predictions alike.
+        """
+        return self._lookup(self.voxel_learning_map, raw)
+
+    def point_to_train(self, raw: np.ndarray) -> np.ndarray:
+        """Raw ids of labelled points -> uint8 train ids with 255 for every point that carries no usable class
+        (train id 0, raw 0 included, and the ``learning_ignore`` classes): a point can only say "occupied"."""
+        lut = np.where(self._ignored_train_ids()[self.learning_map], np.uint8(IGNORE), self.learning_map)
+        lut[lut == 0] = IGNORE
+        return self._lookup(lut, raw)
+
+    def _ignored_train_ids(self) -> np.ndarray:
+        ignored = np.zeros(256, bool)
+        ignored[: self.num_classes] = self.learning_ignore
+        return ignored
+
+    @staticmethod
+    def _lookup(lut: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        return lut[np.asarray(raw).astype(np.int64) & 0xFFFF]
 
     def to_raw(self, train: np.ndarray) -> np.ndarray:
         """uint8 train ids -> uint16 raw ids for export. 255 (unknown) is written as raw 0 ("unlabeled")."""

@@ -6,7 +6,8 @@ root/sequences/XX/{calib.txt, poses.txt, image_2/, image_3/, velodyne/, labels/,
 root/labels/XX/NNNNNN_1_1.npy                (optional MonoScene/VoxFormer preprocessed targets, uint8, 255 invalid)
 ```
 The ground truth comes from an explicit ``target_source``:
-- ``voxel_label``: ``voxels/NNNNNN.label`` through learning_map (train id 0 = empty), ``.invalid`` -> 255;
+- ``voxel_label``: ``voxels/NNNNNN.label`` through the benchmark's completion mapping
+  (``LabelConfig.voxel_to_train``: raw 0 = empty, outlier / other-structure / other-object -> 255), ``.invalid`` -> 255;
 - ``preprocessed``: ``<preprocessed_root>/XX/NNNNNN_1_1.npy`` as stored;
 - ``sparse``: labelled LiDAR points voxelized on the grid (``data.sparse_gt``), ``.invalid`` -> 255;
 - ``auto``: the first of these that exists for the frame, else no target; ``none``: never a target.
@@ -150,7 +151,7 @@ class SemanticKittiDataset(Dataset):
             return sequence_sparse_gt(seq_dir, int(frame), self.label_config, self.sparse_offsets,
                                       use_invalid=True, v1_z_shift=self.v1_z_shift)
         if source == "voxel_label":
-            target = self.label_config.to_train(read_voxel_labels(seq_dir / "voxels" / f"{frame}.label", dims))
+            target = self.label_config.voxel_to_train(read_voxel_labels(seq_dir / "voxels" / f"{frame}.label", dims))
             if self.v1_z_shift:
                 target = shift_down_one_layer(target, IGNORE)
             invalid = None

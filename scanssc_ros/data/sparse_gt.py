@@ -6,9 +6,11 @@ geometry and metric checks, not for benchmark numbers.
 
 Conventions:
 - A voxel hit by no point is empty (0). ``.invalid`` voxels, when given, become 255 afterwards.
-- A voxel hit by points is the majority train id of its *labelled* points; the ``learning_ignore`` classes
-  ("unlabeled", "outlier" and the classes mapped to them) do not vote. Ties go to the smaller train id.
-  A voxel hit only by ignored points is occupied but of unknown class: 255.
+- A voxel hit by points is the majority train id of its *labelled* points (``LabelConfig.point_to_train``):
+  points of train id 0 (unlabeled, and the raw ids mapped to it: outlier, other-structure, other-object) and of
+  the ``learning_ignore`` classes do not vote. Ties go to the smaller train id.
+  A voxel hit only by such points is occupied but of unknown class: 255. That is the voxel rule of the benchmark
+  (``LabelConfig.voxel_to_train``: those raw ids are ignored, never empty) seen from the points.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def sparse_ground_truth(points: np.ndarray, raw_labels: np.ndarray, cfg: LabelCo
                         grid: GridSpec = SEMANTIC_KITTI_GRID) -> np.ndarray:
     """Labelled points (raw SemanticKITTI ids, instance bits allowed) -> uint8 ground-truth grid with 255 where
     the class is unknown or where ``invalid`` (the ``.invalid`` mask, already in the grid's z convention) is set."""
-    train = cfg.to_train(raw_labels, ignore_to_255=True)
+    train = cfg.point_to_train(raw_labels)
     out = voxelize_train_labels(points, train, grid)
     if invalid is not None:
         out[np.asarray(invalid, bool)] = IGNORE
