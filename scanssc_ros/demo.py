@@ -64,9 +64,12 @@ def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, target
                  "occupied_voxels": int(((labels != 0) & (labels != 255)).sum())}
         target = targets(i)
         if target is not None:
+            # the node marks voxels outside the camera's view 255 (unknown); the benchmark scores every voxel, and a
+            # submission writes unknown as raw 0, i.e. empty
+            scored = np.where(labels == 255, 0, labels)
             one = SSCMetrics(label_set.num_classes, distance_analysis=False)
-            one.add_batch(labels, target)
-            metrics.add_batch(labels, target)
+            one.add_batch(scored, target)
+            metrics.add_batch(scored, target)
             s = one.summary()
             entry.update(iou=round(100 * s["iou"], 1), miou=round(100 * s["miou"], 1))
         title = f"{name} frame {i}: {entry['latency_ms']:.0f} ms"

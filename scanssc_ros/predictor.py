@@ -7,8 +7,9 @@ depth map gets the same transform; it is resized with a *minimum-preserving* nea
 takes the smallest valid depth of the source pixels it covers) so thin foreground structures are not replaced
 by background, and invalid pixels (NaN, inf, <= 0) stay invalid (0).
 
-``mark_unseen``: optionally set voxels whose centre does not project into the image (or lies behind the camera)
-to 255 (unknown). Off by default: the official evaluation scores every voxel, including those out of view.
+``mark_unseen``: set voxels whose centre does not project into the image (or lies behind the camera) to 255
+(unknown): the camera never saw them, so any label there is invented. Off by default here because the official
+evaluation scores every voxel, including those out of view; the ROS node turns it on (parameter ``mark_unseen``).
 """
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ class Predictor:
             raise ValueError("fp16 autocast is not supported on CPU; use 'bf16' or 'fp32'")
         self.precision = precision
         self.mark_unseen = mark_unseen
+        self._unseen_cache: Tuple[bytes, Optional[np.ndarray]] = (b"", None)
         if isinstance(model_or_checkpoint, nn.Module):
             cfg = config if config is not None else getattr(model_or_checkpoint, "config", None)
             if not isinstance(cfg, ModelConfig):
@@ -144,12 +146,19 @@ class Predictor:
             p_shift=None if p_shift is None else torch.as_tensor(np.asarray(p_shift, np.float32))[None].to(**to))
 
     def unseen_mask(self, K: np.ndarray, T_cam_grid: np.ndarray, image_hw: Tuple[int, int]) -> np.ndarray:
-        """(X, Y, Z) bool: voxel centres that do not project into the original image."""
+        """(X, Y, Z) bool: voxel centres that do not project into the original image. Cached for the last camera:
+        a fixed camera (every frame of a stream) pays the 2M-voxel projection once."""
+        key = np.asarray(K, np.float64).tobytes() + np.asarray(T_cam_grid, np.float64).tobytes() + \
+            np.asarray(image_hw, np.int64).tobytes()
+        if self._unseen_cache[0] == key:
+            return self._unseen_cache[1]
         centers = geometry.voxel_centers(self.config.grid).reshape(-1, 3).astype(np.float64)
         uv, d = geometry.project_points(centers, np.asarray(K, np.float64), np.asarray(T_cam_grid, np.float64))
         h, w = image_hw
         seen = (d > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-        return ~seen.reshape(self.config.grid_dims)
+        mask = ~seen.reshape(self.config.grid_dims)
+        self._unseen_cache = (key, mask)
+        return mask
 
     def predict(self, image_rgb: np.ndarray, K: np.ndarray, T_cam_grid: np.ndarray,
                 stereo_depth: Optional[np.ndarray] = None, p_shift: Optional[np.ndarray] = None) -> Prediction:

@@ -2,7 +2,7 @@
 
 Two views of one (X, Y, Z) label grid (x forward, y left, z up, as everywhere in this package):
 - bird's-eye view: the class of the highest occupied voxel of each column; the car is at the bottom centre,
-  forward is up, left is left.
+  forward is up, left is left; grey where the column holds unknown (unseen) voxels and nothing occupied.
 - isometric view: the visible surface voxels (occupied with at least one free 6-neighbour), projected
   orthographically from behind-left and above the car and drawn back to front as squares, darker lower down.
 Both take well under a second for the 256x256x32 grid (the surface is subsampled to ``max_points``).
@@ -18,16 +18,20 @@ from scanssc_ros.labels import EMPTY, IGNORE
 from scanssc_ros.voxels import exposed_mask, occupied_mask
 
 BACKGROUND = (255, 255, 255)
+UNSEEN = (190, 190, 190)
 
 
 def bev_image(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(X, Y) RGB image, row 0 = far (x max), column 0 = left (y max); empty columns are white."""
+    """(X, Y) RGB image, row 0 = far (x max), column 0 = left (y max); empty columns are white, columns with
+    nothing occupied and some unknown (255: outside the camera's view) voxels grey."""
     occ = occupied_mask(labels)
     z = labels.shape[2]
     top = z - 1 - np.argmax(occ[:, :, ::-1], axis=2)  # highest occupied index per column
-    cls = np.take_along_axis(labels, top[..., None], axis=2)[..., 0]
+    free = ~occ.any(axis=2)
+    cls = np.where(free, EMPTY, np.take_along_axis(labels, top[..., None], axis=2)[..., 0])  # 255 has no colour
     rgb = np.asarray(colors, np.uint8)[cls]
-    rgb[~occ.any(axis=2)] = BACKGROUND
+    rgb[free] = BACKGROUND
+    rgb[free & (labels == IGNORE).any(axis=2)] = UNSEEN
     return rgb[::-1, ::-1]
 
 

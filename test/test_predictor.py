@@ -128,3 +128,42 @@ def test_resize_depth_min_matches_loop():
                 vals = [d[r, c] for r in rows for c in cols if np.isfinite(d[r, c]) and d[r, c] > 0]
                 ref[i, j] = min(vals) if vals else 0.0
         assert np.array_equal(fast, ref), out_hw
+
+
+def test_mark_unseen_sets_voxels_outside_the_view_to_unknown(frame):
+    """Checked voxel by voxel against a plain pinhole projection of each voxel centre."""
+    image, K, T, depth = frame
+    cfg = variant("tiny")
+    torch.manual_seed(0)
+    model = ScanSSC(cfg)
+    plain = Predictor(model, config=cfg).predict(image, K, T, depth).labels
+    marking = Predictor(model, config=cfg, mark_unseen=True)
+    marked = marking.predict(image, K, T, depth).labels
+    h, w = image.shape[:2]
+    X, Y, Z = cfg.grid_dims
+    expect = np.zeros((X, Y, Z), bool)
+    for ix in range(X):
+        for iy in range(Y):
+            for iz in range(Z):
+                centre = np.array(cfg.grid_origin) + (np.array([ix, iy, iz]) + 0.5) * cfg.grid_voxel_size
+                cam = T[:3, :3] @ centre + T[:3, 3]
+                u, v = (K @ cam)[:2] / cam[2] if cam[2] > 0 else (-1.0, -1.0)
+                expect[ix, iy, iz] = not (cam[2] > 0 and 0 <= u < w and 0 <= v < h)
+    assert 0.2 < expect.mean() < 0.8  # the ~80 degree camera sees part of the grid, not all of it
+    assert np.all(marked[expect] == 255)
+    assert np.array_equal(marked[~expect], plain[~expect])
+    # the mask is cached per camera: a second frame of the same camera gives the same result
+    assert np.array_equal(marking.predict(image, K, T, depth).labels, marked)
+
+
+def test_bev_render_greys_unseen_columns():
+    from scanssc_ros.render import BACKGROUND, UNSEEN, bev_image
+
+    labels = np.zeros((4, 4, 2), np.uint8)
+    labels[0, 0, :] = 255  # unseen, nothing occupied
+    labels[1, 1, 0] = 9  # road
+    labels[1, 1, 1] = 255
+    colors = np.zeros((20, 3), np.uint8)
+    colors[9] = (255, 0, 255)
+    rgb = bev_image(labels, colors)[::-1, ::-1]  # back to (x, y) indexing
+    assert tuple(rgb[0, 0]) == UNSEEN and tuple(rgb[1, 1]) == (255, 0, 255) and tuple(rgb[2, 2]) == BACKGROUND

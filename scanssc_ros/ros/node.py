@@ -61,7 +61,7 @@ def load_predictor(params: Dict[str, Any], log: Any) -> Any:
     from scanssc_ros.config import variant
     from scanssc_ros.predictor import Predictor
 
-    kwargs = dict(device=params["device"], precision=params["precision"])
+    kwargs = dict(device=params["device"], precision=params["precision"], mark_unseen=params["mark_unseen"])
     path = params["checkpoint"]
     try:
         if not path:

@@ -123,6 +123,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("output_reliability", "reliable", "QoS reliability of the outputs.", read_only=True,
               choices=("reliable", "best_effort")),
     ParamSpec("output_depth", 2, "QoS history depth of the outputs.", read_only=True, min=1, max=100),
+    ParamSpec("mark_unseen", True, "Publish voxels outside the camera's view (centre not projecting into the image) "
+              "as 255 = unknown; markers and cloud never draw them. false: label every voxel, as the benchmark "
+              "scores them.", read_only=True),
     ParamSpec("confidence_threshold", 0.0, "Voxels whose label confidence is below this are not drawn "
               "(markers, cloud); the grid message keeps every label.", min=0.0, max=1.0),
     ParamSpec("class_filter", "", "Comma-separated class names or ids to draw (empty = all non-empty classes)."),
