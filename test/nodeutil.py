@@ -76,7 +76,7 @@ class FakePredictor:
         self.confidence[labels == 13] = 90
 
     def predict(self, image, K, T, stereo_depth=None, p_shift=None) -> Prediction:
-        self.calls.append(dict(shape=image.shape, K=np.array(K), stereo=stereo_depth,
+        self.calls.append(dict(shape=image.shape, K=np.array(K), T=np.array(T), stereo=stereo_depth,
                                p_shift=None if p_shift is None else np.array(p_shift)))
         if self.fail_next > 0:
             self.fail_next -= 1

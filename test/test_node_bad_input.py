@@ -212,11 +212,12 @@ CASES = [
     # ------------------------------------------------------------------------------------------ camera_info
     Case("zero-intrinsics", one(left_info=info(10.0, [0.0] * 12, k=[0.0] * 9)), {"rejected": 1},
          "left/camera_info: unusable camera intrinsics (K and P give fx=0.0, fy=0.0,"),
-    Case("nan-intrinsics", one(left_info=info(10.0, k=[np.nan, 0, 300, 0, FX, 90, 0, 0, 1])), {"rejected": 1},
+    # the intrinsics of a rectified image are P[:3, :3] (K describes the raw image and is not read)
+    Case("nan-intrinsics", one(left_info=info(10.0, [np.nan, 0, 300, 0, 0, FX, 90, 0, 0, 0, 1, 0])), {"rejected": 1},
          "left/camera_info: unusable camera intrinsics (K and P give fx=nan"),
     Case("nan-right-projection", one(right_info=info(10.0, [np.nan] * 12, k=[FX, 0, 300, 0, FX, 90, 0, 0, 1],
                                                       frame="camera_right")),
-         {"rejected": 1}, "stereo baseline: the camera_info P matrices are not finite"),
+         {"rejected": 1}, "right/camera_info: unusable camera intrinsics (K and P give fx=nan"),
     Case("left-right-swapped", one(left_info=info(10.0, P_RIGHT), right_info=info(10.0, P_LEFT, frame="camera_right")),
          {"rejected": 1}, "stereo baseline from the camera_info P matrices is -0.5379 m; expected > 0"),
     Case("uncalibrated-camera-info", one(left_info=info(10.0, w=0, h=0)), {"rejected": 1},
@@ -372,8 +373,8 @@ def test_unknown_output_frame_set_at_runtime_drops_frames_until_fixed(graph_fact
     assert wait_for(lambda: _connected(node, probe, "mono"), 10.0)
     assert node.set_parameters([Parameter("output_frame", value="map")])[0].successful
     send_set(probe, "mono", 10.0)
-    assert wait_for(lambda: node.drops.snapshot() == {"rejected": 1}, 10.0), node.drops.snapshot()
-    assert wait_for(lambda: probe.logged("output_frame 'map' is neither the camera frame"), 5.0)
+    assert wait_for(lambda: node.drops.snapshot() == {"no_transform": 1}, 10.0), node.drops.snapshot()
+    assert wait_for(lambda: probe.logged("output_frame 'map' is not the camera frame"), 5.0)
     assert node.set_parameters([Parameter("output_frame", value="")])[0].successful
     _assert_good_frame_output(node, probe, "mono", 0)
 

@@ -122,7 +122,10 @@ class FrameProcessor:
         return depth
 
     # ------------------------------------------------------------------------------------------ processing
-    def process(self, fs: FrameSet) -> FrameResult:
+    def process(self, fs: FrameSet, cam_from_grid: Optional[np.ndarray] = None) -> FrameResult:
+        """Decode, depth prior, inference. ``cam_from_grid``: this frame's grid -> camera transform (from TF);
+        default the fixed one given at construction."""
+        T = self.cam_from_grid if cam_from_grid is None else cam_from_grid
         t0 = time.perf_counter()
         cam = self.camera(fs.left_info, "left/camera_info")
         rgb = self.rgb(fs.left, "left/image_rect", cam)
@@ -155,7 +158,7 @@ class FrameProcessor:
             timings["decode"] = (time.perf_counter() - t0) * 1e3
         t2 = time.perf_counter()
         try:
-            prediction = self.predictor.predict(rgb, cam.K, self.cam_from_grid, prior, p_shift=cam.p_shift)
+            prediction = self.predictor.predict(rgb, cam.K, T, prior, p_shift=cam.p_shift)
         except ValueError as exc:  # the Predictor's own input checks (e.g. K not a pinhole matrix)
             raise FrameError(f"rejected by the predictor: {exc}") from None
         timings["inference"] = (time.perf_counter() - t2) * 1e3

@@ -24,8 +24,11 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from scanssc_ros.ros.params import PARAMS, PARAMS_BY_NAME, ParameterError, ParamSpec
+from scanssc_ros.ros.params import KITTI_CAM_FROM_GRID, PARAMS, PARAMS_BY_NAME, ParameterError, ParamSpec
 from scanssc_ros.ros.pipeline_stats import PipelineStats
+from scanssc_ros.ros.placement import Placement, PlacementError, camera_height_above_floor, stamp_ns
+
+HEIGHT_WARN_M = 0.3  # camera height off the training rig's by more than this: warn once (out of distribution)
 
 
 class StartupError(RuntimeError):
@@ -102,6 +105,12 @@ class ScanSSCNode(Node):
         T = np.asarray(self.params["cam_from_grid"], np.float64).reshape(4, 4)
         self.processor = FrameProcessor(self.predictor, T)
         self.outputs = OutputBuilder(self.grid, self.label_set, T)
+        self.placement = Placement(T, self.params["base_frame"],
+                                   np.asarray(self.params["grid_in_base"], np.float64).reshape(4, 4),
+                                   self.params["grid_frame"])
+        # the SemanticKITTI camera height above the grid floor: what every released / KITTI-trained model saw
+        self._trained_height = camera_height_above_floor(
+            np.asarray(KITTI_CAM_FROM_GRID, np.float64).reshape(4, 4), cfg.grid_origin[2])
         self.output_opts = self._output_options(self.params)
         self.drops = DropCounter()
         self.slot = LatestSlot(self.drops)
@@ -117,6 +126,7 @@ class ScanSSCNode(Node):
             self._warm_up()
         self._make_publishers()
         self._make_subscriptions()
+        self._make_tf_subscriptions()
         self._diag_timer = self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
         from std_srvs.srv import SetBool
 
@@ -248,6 +258,27 @@ class ScanSSCNode(Node):
         elif mode == "depth":
             self.subs.append(self.create_subscription(Image, "depth/image", sync.on_partner, qos))
 
+    def _make_tf_subscriptions(self) -> None:
+        out = self.params["output_frame"]
+        if not self.placement.uses_tf and out in ("", self.params["grid_frame"]):
+            return  # the camera-fixed grid needs no TF; /tf can be heavy traffic for a Python node
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().warning("base_frame / output_frame need TF but tf2_msgs is not installed: the grid "
+                                      "stays fixed to the camera by cam_from_grid")
+            return
+
+        def on_tf(static: bool):
+            def cb(msg: Any) -> None:
+                if self.placement.on_tf_message(msg, static):
+                    self._warn("tf_bad", "ignored unusable transforms on " + ("/tf_static" if static else "/tf"))
+            return cb
+
+        self.subs += [self.create_subscription(TFMessage, "/tf", on_tf(False), _qos("reliable", 100)),
+                      self.create_subscription(TFMessage, "/tf_static", on_tf(True),
+                                               _qos("reliable", 100, transient=True))]
+
     def _on_left(self, msg: Any) -> None:
         self.stats.frame_in()
         self.sync.on_left(msg)
@@ -311,8 +342,14 @@ class ScanSSCNode(Node):
                 return
             # a bag restarted or looped: follow the new time line rather than stall until it catches up
             self._warn("back", f"input time went back {self._last_stamp - stamp:.3f} s; following it")
+        t_ns = stamp_ns(fs.left.header.stamp)
+        camera_frame = str(getattr(fs.left_info.header, "frame_id", "")) or str(fs.left.header.frame_id)
+        cam_from_grid, source = self.placement.cam_from_grid(camera_frame, t_ns)
+        if source not in ("tf", "parameter"):
+            self._warn("tf_fallback", f"grid placed by the cam_from_grid parameter: no camera pose from TF ({source})")
+        self._check_height(cam_from_grid)
         try:
-            result = self.processor.process(fs)
+            result = self.processor.process(fs, cam_from_grid)
         except FrameError as exc:
             self.drops.add("rejected")
             self._warn(f"frame:{str(exc)[:40]}", f"frame skipped: {exc}")
@@ -326,16 +363,17 @@ class ScanSSCNode(Node):
         wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.pubs.items()}
         pred = result.prediction
         try:
+            frame_pose = self.placement.output_pose(opts.output_frame, result.camera_frame, cam_from_grid, t_ns)
             msgs, enc_times = self.outputs.build(pred.labels, pred.confidence, result.stamp, result.camera_frame,
-                                                 opts, wanted)
-        except OutputFrameError as exc:
-            self.drops.add("rejected")
+                                                 opts, wanted, frame_pose=frame_pose, cam_from_grid=cam_from_grid)
+        except (OutputFrameError, PlacementError) as exc:
+            self.drops.add("no_transform")
             self._warn("output_frame", str(exc))
             return
         t_pub = time.perf_counter()
         for name, msg in msgs.items():
             self.pubs[name].publish(msg)
-        self._send_tf(result)
+        self._send_tf(result, cam_from_grid)
         self._last_stamp = stamp
         times = dict(result.timings)
         times.update({f"model/{k}": v for k, v in pred.timings.items() if k != "total"})
@@ -344,8 +382,16 @@ class ScanSSCNode(Node):
         times["total"] = (time.monotonic() - fs.received) * 1e3  # from the complete input set to published
         self.stats.frame_out(times)
 
-    def _send_tf(self, result: Any) -> None:
-        frame = result.camera_frame
+    def _check_height(self, cam_from_grid: np.ndarray) -> None:
+        height = camera_height_above_floor(cam_from_grid, self.grid.origin[2])
+        if abs(height - self._trained_height) > HEIGHT_WARN_M and "height" not in self._warned:
+            self._warn("height", f"the camera is {height:.2f} m above the grid floor; models trained on "
+                       f"SemanticKITTI saw {self._trained_height:.2f} m: the input is out of their training "
+                       "distribution (check base_frame / grid_in_base / cam_from_grid)", period=1e9)
+
+    def _send_tf(self, result: Any, cam_from_grid: np.ndarray) -> None:
+        # grid fixed to the robot: base_frame -> grid_frame; else fixed to the camera: camera -> grid_frame
+        frame = self.placement.base_frame or result.camera_frame
         if self.tf_pub is None or not frame or self._tf_sent_for == frame:
             return
         from geometry_msgs.msg import TransformStamped
@@ -353,7 +399,7 @@ class ScanSSCNode(Node):
 
         from scanssc_ros.geometry import rotation_to_quaternion
 
-        T = self.processor.cam_from_grid
+        T = self.placement.grid_in_base if self.placement.base_frame else cam_from_grid
         tf = TransformStamped()
         tf.header.stamp = result.stamp
         tf.header.frame_id, tf.child_frame_id = frame, self.params["grid_frame"]

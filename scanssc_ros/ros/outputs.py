@@ -86,11 +86,16 @@ class OutputBuilder:
                                f"{opts.grid_frame!r}; set one of those (or empty for the camera frame)")
 
     def build(self, labels: np.ndarray, confidence: Optional[np.ndarray], stamp: Any, camera_frame: str,
-              opts: OutputOptions, wanted: Optional[Dict[str, bool]] = None) -> Tuple[Dict[str, Any], Dict[str, float]]:
+              opts: OutputOptions, wanted: Optional[Dict[str, bool]] = None,
+              frame_pose: Optional[Tuple[str, np.ndarray]] = None, cam_from_grid: Optional[np.ndarray] = None
+              ) -> Tuple[Dict[str, Any], Dict[str, float]]:
         """Messages by output name ('grid', 'markers', 'cloud') and build times in ms. ``wanted`` can switch
-        outputs off per call (e.g. no subscriber) on top of ``opts``."""
+        outputs off per call (e.g. no subscriber) on top of ``opts``. ``frame_pose`` (frame, grid pose in it) and
+        ``cam_from_grid`` override the fixed camera placement for this frame (TF placement)."""
         wanted = wanted or {}
-        frame, T = self.frame_and_pose(camera_frame, opts)
+        frame, T = frame_pose if frame_pose is not None else self.frame_and_pose(camera_frame, opts)
+        sensor = self.sensor_position if cam_from_grid is None else \
+            tuple(np.linalg.inv(np.asarray(cam_from_grid, np.float64))[:3, 3].tolist())
         header = Header(stamp=stamp, frame_id=frame)
         msgs: Dict[str, Any] = {}
         times: Dict[str, float] = {}
@@ -104,7 +109,7 @@ class OutputBuilder:
         if need_markers or need_cloud:
             t = time.perf_counter()
             idx = select_voxels(labels, confidence, opts.confidence_threshold, opts.class_filter, opts.surface_only,
-                                opts.max_voxels or None, self.grid, self.sensor_position)
+                                opts.max_voxels or None, self.grid, sensor)
             times["select"] = (time.perf_counter() - t) * 1e3
             if need_markers:
                 t = time.perf_counter()

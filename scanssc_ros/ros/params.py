@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import numpy as np
+
 _DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
@@ -65,10 +67,13 @@ def _check_device(value: str) -> Optional[str]:
     return None
 
 
-def _check_transform(value: List[float]) -> Optional[str]:
+def _check_transform(value: List[float], name: str = "cam_from_grid") -> Optional[str]:
     bottom = [float(v) for v in value[12:16]]
     if bottom != [0.0, 0.0, 0.0, 1.0]:
-        return f"cam_from_grid must be a row-major 4x4 rigid transform (last row 0 0 0 1), got last row {bottom}"
+        return f"{name} must be a row-major 4x4 rigid transform (last row 0 0 0 1), got last row {bottom}"
+    R = np.asarray(value, np.float64).reshape(4, 4)[:3, :3]
+    if not np.allclose(R.T @ R, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+        return f"{name}: the upper-left 3x3 block is not a rotation"
     return None
 
 
@@ -80,6 +85,8 @@ KITTI_CAM_FROM_GRID = [
     0.9999773098, -0.0018055286, -0.0064962035, -0.3277935834,
     0.0, 0.0, 0.0, 1.0,
 ]
+
+IDENTITY_4X4 = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
 PARAMS: Tuple[ParamSpec, ...] = (
     # model
@@ -110,11 +117,19 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("cam_from_grid", list(KITTI_CAM_FROM_GRID), "Row-major 4x4 transform from the voxel-grid frame "
               "(x forward, y left, z up) to the left camera's optical frame. Default: KITTI odometry (velodyne frame).",
               read_only=True, length=16, check=_check_transform),
+    ParamSpec("base_frame", "", "Robot frame the grid is fixed to (e.g. base_link). Set: the camera's pose comes "
+              "from TF (/tf_static, /tf) at each image stamp and the grid sits at grid_in_base; cam_from_grid is "
+              "only the fallback until TF knows the camera. Empty: the grid is fixed to the camera by cam_from_grid.",
+              read_only=True),
+    ParamSpec("grid_in_base", list(IDENTITY_4X4), "Row-major 4x4 pose of the voxel-grid frame in base_frame. KITTI: "
+              "identity with base_frame the velodyne frame (SemanticKITTI defines the grid there).",
+              read_only=True, length=16, check=lambda v: _check_transform(v, "grid_in_base")),
     ParamSpec("grid_frame", "scanssc_grid", "Frame id of the voxel grid (published as a static TF child of the "
               "camera frame when publish_tf is true)."),
     ParamSpec("output_frame", "", "Frame of the published grid/markers/cloud. Empty: the camera frame from "
-              "camera_info; otherwise usually grid_frame."),
-    ParamSpec("publish_tf", True, "Publish the camera->grid transform on /tf_static.", read_only=True),
+              "camera_info; grid_frame; base_frame; or any frame TF reaches at the image stamp (e.g. odom)."),
+    ParamSpec("publish_tf", True, "Publish the grid frame on /tf_static: base_frame->grid_frame when base_frame is "
+              "set, else camera->grid_frame.", read_only=True),
     # outputs
     ParamSpec("publish_grid", True, "Publish ~/voxels (scanssc_ros/SemanticVoxelGrid)."),
     ParamSpec("publish_markers", True, "Publish ~/voxel_markers (visualization_msgs/MarkerArray)."),
