@@ -1,6 +1,10 @@
 """Launch scanssc_node (and optionally RViz).
 
     ros2 launch scanssc_ros scanssc.launch.py checkpoint:=/path/model.pt device:=cuda use_rviz:=true
+    ros2 launch scanssc_ros scanssc.launch.py checkpoint:=/path/model.pt image_transport:=compressed
+
+With image_transport:=compressed the node reads sensor_msgs/CompressedImage from the remapped image topics plus
+"/compressed" (e.g. /kitti/camera_color_left/image_raw/compressed), as image_transport does.
 
 Launch arguments left empty keep the value from the params file (`config`), so a user's own YAML is not
 silently overridden.
@@ -24,6 +28,7 @@ PARAM_ARGS = {
     "device": ("device", str),
     "precision": ("precision", str),
     "depth_mode": ("depth_mode", str),
+    "image_transport": ("image_transport", str),
     "variant": ("variant", str),
     "output_frame": ("output_frame", str),
     "allow_untrained": ("allow_untrained", lambda s: s.lower() in ("1", "true", "yes")),

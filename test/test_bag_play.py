@@ -4,6 +4,7 @@ Every rclpy context here lives on loopback only, in a domain of its own (see the
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -164,6 +165,44 @@ def test_play_in_process(context, bag: Path) -> None:
     clock_ns = [c.clock.sec * 10**9 + c.clock.nanosec for _, c in collector.received["/clock"]]
     assert clock_ns and clock_ns == sorted(clock_ns)
     assert T0_NS <= clock_ns[0] and clock_ns[-1] <= T0_NS + (N_FRAMES - 1) * 100_000_000
+
+
+def test_play_compressed_kitti2bag_bag(context, tmp_path: Path) -> None:
+    """A kitti2bag bag with PNG CompressedImages and /tf_static: the images arrive as CompressedImage on
+    <image topic>/compressed with the pixels intact; /tf_static is skipped when tf2_msgs is not installed."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from scanssc_ros.bag.kitti2bag import convert_sequence
+    from scanssc_ros.ros.compressed_decode import compressed_to_rgb
+
+    seq = tmp_path / "08"
+    for folder in ("image_2", "image_3"):
+        (seq / folder).mkdir(parents=True)
+        for i in range(N_FRAMES):
+            cv2.imwrite(str(seq / folder / f"{i:06d}.png"), cv2.cvtColor(frame_rgb(i), cv2.COLOR_RGB2BGR))
+    (seq / "calib.txt").write_text("".join(f"{k}: 500 0 16 {-500 * x} 0 500 12 0 0 0 1 0\n" for k, x in
+                                           (("P0", 0), ("P1", 0.5), ("P2", 0), ("P3", 0.5)))
+                                   + "Tr: 0 -1 0 0 0 0 -1 0 1 0 0 0\n")
+    (seq / "times.txt").write_text("\n".join(f"{0.1 * i:.6e}" for i in range(N_FRAMES)) + "\n")
+    out = convert_sequence(seq, tmp_path / "bag", image_format="png").bag
+    topic = f"{LEFT}/image_raw/compressed"
+    collector = Collector(context, [(topic, CompressedImage, reliable())])
+    player = rclpy.create_node("player", context=context)
+    skipped = []
+    try:
+        stats = play_bag(player, open_bag(out), rate=5.0, start_delay=0.2, wait_subscribers=60.0, log=skipped.append)
+        collector.wait_for({topic: N_FRAMES}, timeout=30)
+    finally:
+        collector.close()
+        player.destroy_node()
+    tf2_installed = importlib.util.find_spec("tf2_msgs") is not None
+    assert stats.published[topic] == N_FRAMES and ("/tf_static" in stats.published) == tf2_installed
+    assert tf2_installed or any("/tf_static" in line for line in skipped), skipped
+    images = [m for _, m in collector.received[topic]]
+    assert [m.format for m in images] == ["rgb8; png compressed bgr8"] * N_FRAMES
+    for i, msg in enumerate(images):
+        np.testing.assert_array_equal(compressed_to_rgb(msg), frame_rgb(i))
 
 
 def test_play_cli_process(context, ros_env, bag: Path) -> None:

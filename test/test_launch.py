@@ -128,6 +128,16 @@ def test_launch_arguments_override_parameters(monkeypatch):
     assert dict(node["remappings"])["left/image_rect"] == "/cam/left"
 
 
+def test_launch_argument_chooses_compressed_input(monkeypatch):
+    declared, nodes = _run_with_fakes(monkeypatch, {"image_transport": "compressed"})
+    assert declared["image_transport"] == ""  # empty by default: the params file's value (raw) stays
+    node = [n for n in nodes if n["package"] == "scanssc_ros"][0]
+    assert node["parameters"][1] == {"image_transport": "compressed"}
+    assert validate_values(node["parameters"][1]) == []
+    # the base topic is what gets remapped; the node subscribes to <remapped base>/compressed
+    assert dict(node["remappings"])["left/image_rect"] == "/kitti/camera_color_left/image_raw"
+
+
 def test_launch_file_runs_under_real_launch():
     pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI; runs on a real ROS install")
     from launch import LaunchDescription

@@ -49,18 +49,39 @@ GOOD_T = 50.0
 SKIP = "skip"  # send_set: do not publish this message
 
 
+def compressed_msg(rgb: np.ndarray, t: float, frame: str = "camera_left", fmt: str = "rgb8; png compressed bgr8",
+                   data: Optional[bytes] = None):
+    """A CompressedImage as image_transport writes it (PNG unless ``fmt``/``data`` say otherwise)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    if data is None:
+        data = cv2.imencode(".jpg" if "jpeg" in fmt else ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+    msg = CompressedImage(format=fmt, data=data)
+    msg.header = image_msg(np.zeros((1, 1, 3), np.uint8), t, frame=frame).header
+    return msg
+
+
+def image_topics(transport: str) -> Tuple[str, str]:
+    suffix = "/compressed" if transport == "compressed" else ""
+    return "left/image_rect" + suffix, "right/image_rect" + suffix
+
+
 def send_set(probe: Probe, mode: str, t: float, left: Any = None, left_info: Any = None, right: Any = None,
-             right_info: Any = None, depth: Any = None) -> None:
+             right_info: Any = None, depth: Any = None, transport: str = "raw") -> None:
     """Publish one input set for ``mode`` (camera_info first, then the partner, then the left image that
     completes it); None = the good message at stamp ``t``, SKIP = leave it out, a callable makes the message
-    (large ones are built only when sent), anything else is sent as is."""
+    (large ones are built only when sent), anything else is sent as is. ``transport`` compressed: the images go
+    to <image topic>/compressed as PNG CompressedImages."""
+    make = image_msg if transport == "raw" else compressed_msg
+    left_topic, right_topic = image_topics(transport)
     msgs = [("left/camera_info", left_info, lambda: info_msg(P_LEFT, t))]
     if mode == "stereo":
         msgs += [("right/camera_info", right_info, lambda: info_msg(P_RIGHT, t, frame="camera_right")),
-                 ("right/image_rect", right, lambda: image_msg(RIGHT, t, frame="camera_right"))]
+                 (right_topic, right, lambda: make(RIGHT, t, frame="camera_right"))]
     elif mode == "depth":
         msgs.append(("depth/image", depth, lambda: image_msg(DEPTH, t)))
-    msgs.append(("left/image_rect", left, lambda: image_msg(LEFT, t)))
+    msgs.append((left_topic, left, lambda: make(LEFT, t)))
     for topic, given, good in msgs:
         if given is not SKIP:
             probe.pub[topic].publish(good() if given is None else given() if callable(given) else given)
@@ -120,6 +141,7 @@ class Case:
     check: Optional[Callable[[Any, Probe], None]] = None
     release: Optional[Callable[[Probe, Any], None]] = None  # ends the bad state before the counts are checked
     predictor: Callable[[], Any] = field(default=FakePredictor)
+    transport: str = "raw"  # the node's image_transport
 
 
 def one(mode: str = "stereo", t: float = 10.0, **kw) -> Callable[[Probe, Any], None]:
@@ -164,6 +186,45 @@ def _faulty_predictor() -> FakePredictor:
     pred = FakePredictor()
     pred.fail_next = 1
     return pred
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def jpeg_bytes(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A 16x16 PNG whose header claims another size: what a decompression bomb looks like before decoding."""
+    import struct
+    import zlib
+
+    data = bytearray(png_bytes(textured(16, 16)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def flipped(data: bytes, start: int, step: int) -> bytes:
+    out = bytearray(data)
+    for i in range(start, len(out) - 16, step):
+        out[i] ^= 0x55
+    return bytes(out)
+
+
+def compressed(fmt: str = "rgb8; png compressed bgr8", data: Any = None, rgb: np.ndarray = LEFT, t: float = 10.0,
+               frame: str = "camera_left") -> Callable[[], Any]:
+    return lambda: compressed_msg(rgb, t, frame=frame, fmt=fmt, data=data() if callable(data) else data)
+
+
+def one_c(mode: str = "stereo", t: float = 10.0, **kw) -> Callable[[Probe, Any], None]:
+    return lambda probe, node: send_set(probe, mode, t, transport="compressed", **kw)
 
 
 BIG = 4097  # one pixel per side over the 4096 x 4096 limit
@@ -256,6 +317,54 @@ CASES = [
     # ------------------------------------------------------------------------------------------ faults
     Case("model-raises", one("mono"), {"failed": 1}, "RuntimeError: injected model fault", mode="mono",
          predictor=_faulty_predictor),
+    # ------------------------------------------------------------------- compressed input (image_transport)
+    Case("compressed-empty-payload", one_c(left=compressed("jpeg", b"")), {"rejected": 1},
+         "left/image_rect/compressed: compressed image has no data", transport="compressed"),
+    Case("compressed-not-an-image", one_c(left=compressed("jpeg", bytes(range(256)) * 4)), {"rejected": 1},
+         "left/image_rect/compressed: compressed image data is neither JPEG nor PNG (first bytes: 00 01 02",
+         transport="compressed"),
+    Case("compressed-corrupt-png", one_c(left=compressed("png", lambda: flipped(png_bytes(LEFT), 60, 9))),
+         {"rejected": 1}, "left/image_rect/compressed: OpenCV could not decode the png data",
+         transport="compressed"),
+    Case("compressed-truncated-jpeg",
+         one_c(left=compressed("rgb8; jpeg compressed bgr8", lambda: jpeg_bytes(LEFT)[:20000])), {"rejected": 1},
+         "left/image_rect/compressed: JPEG data is truncated: the end-of-image marker is missing (20000 bytes)",
+         transport="compressed"),
+    Case("compressed-truncated-png",
+         one_c(right=compressed("png", lambda: png_bytes(RIGHT)[:-100], frame="camera_right")), {"rejected": 1},
+         "right/image_rect/compressed: PNG data is truncated", transport="compressed"),
+    Case("compressed-format-names-other-codec", one_c(left=compressed("rgb8; jpeg compressed bgr8",
+                                                                      lambda: png_bytes(LEFT))),
+         {"rejected": 1}, "format 'rgb8; jpeg compressed bgr8' says jpeg but the data is png",
+         transport="compressed"),
+    Case("compressed-unknown-format", one_c(left=compressed("rgb8; tiff compressed bgr8")), {"rejected": 1},
+         "left/image_rect/compressed: unsupported compressed image format 'rgb8; tiff compressed bgr8'",
+         transport="compressed"),
+    Case("compressed-empty-format", one_c(left=compressed("")), {"rejected": 1},
+         "unsupported compressed image format ''", transport="compressed"),
+    Case("compressed-depth-format-on-colour-topic", one_c(left=compressed("16UC1; compressedDepth png")),
+         {"rejected": 1}, "format '16UC1; compressedDepth png' is compressedDepth (a depth image)",
+         transport="compressed"),
+    Case("compressed-16-bit-original", one_c(left=compressed("rgb16; png compressed bgr16")), {"rejected": 1},
+         "compressed image of encoding 'rgb16' (format 'rgb16; png compressed bgr16') is not supported",
+         transport="compressed"),
+    Case("compressed-size-differs-from-camera-info",
+         one_c(left=compressed(rgb=np.zeros((10, 12, 3), np.uint8))), {"rejected": 1},
+         f"left/image_rect/compressed: image is 12x10 but its camera_info says {W}x{H}", transport="compressed"),
+    Case("compressed-right-size-differs-from-left",
+         one_c(right=compressed(rgb=textured(200, 640), frame="camera_right"),
+               right_info=info(10.0, P_RIGHT, w=640, h=200, frame="camera_right")),
+         {"rejected": 1}, f"right/image_rect/compressed is 640x200 but the left image is {W}x{H}",
+         transport="compressed"),
+    Case("compressed-huge-claimed-size", one_c(left=compressed("png", lambda: png_claiming(100000, 100000))),
+         {"rejected": 1}, "left/image_rect/compressed: image 100000x100000 exceeds the 16777216 pixel limit",
+         transport="compressed"),
+    Case("compressed-4x4-image", one_c("mono", left=compressed(rgb=textured(4, 4)),
+                                       left_info=info(10.0, [4.0, 0, 2, 0, 0, 4.0, 2, 0, 0, 0, 1, 0], w=4, h=4)),
+         {"rejected": 1}, "left/image_rect/compressed: image 4x4 is smaller than the 8 px minimum", mode="mono",
+         transport="compressed"),
+    Case("compressed-jpeg-is-processed", one_c(left=compressed("rgb8; jpeg compressed bgr8")), {}, "", outputs=1,
+         transport="compressed"),
 ]
 
 
@@ -266,6 +375,13 @@ def graph_factory(ros_context):
     def make(predictor, **params):
         node = make_node(ros_context, predictor, **params)
         probe = Probe(ros_context)
+        if params.get("image_transport") == "compressed":
+            from rclpy.qos import QoSProfile, ReliabilityPolicy
+            from sensor_msgs.msg import CompressedImage
+
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            for topic in image_topics("compressed"):
+                probe.pub[topic] = probe.node.create_publisher(CompressedImage, topic, qos)
         graph = Graph(ros_context, node, probe.node)
         made.append((node, probe, graph))
         return node, probe
@@ -278,11 +394,11 @@ def graph_factory(ros_context):
         probe.node.destroy_node()
 
 
-def _connected(node: Any, probe: Probe, mode: str) -> bool:
+def _connected(node: Any, probe: Probe, mode: str, transport: str = "raw") -> bool:
     """Inputs matched to the node's subscriptions, and the node's outputs to the probe (the node builds only
     the outputs somebody subscribes to)."""
-    topics = {"stereo": ["left/image_rect", "right/image_rect", "right/camera_info"],
-              "depth": ["left/image_rect", "depth/image"], "mono": ["left/image_rect"]}[mode]
+    left, right = image_topics(transport)
+    topics = {"stereo": [left, right, "right/camera_info"], "depth": [left, "depth/image"], "mono": [left]}[mode]
     return probe.connected(topics + ["left/camera_info"]) and all(
         pub.get_subscription_count() > 0 for pub in node.pubs.values())
 
@@ -291,13 +407,13 @@ def _info_stamp(msg: Any) -> Optional[float]:
     return None if msg is None else msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
 
 
-def _assert_good_frame_output(node: Any, probe: Probe, mode: str, n_before: int) -> None:
+def _assert_good_frame_output(node: Any, probe: Probe, mode: str, n_before: int, transport: str = "raw") -> None:
     # camera_info first and on its own: topics are not ordered with each other, and a left image that overtook
     # a corrected camera_info would be paired with the bad one still cached
     send_set(probe, mode, GOOD_T, left=SKIP, right=SKIP, depth=SKIP)
     assert wait_for(lambda: _info_stamp(node.sync.left_info) == GOOD_T and (
         mode != "stereo" or _info_stamp(node.sync.right_info) == GOOD_T), 10.0)
-    send_set(probe, mode, GOOD_T, left_info=SKIP, right_info=SKIP)
+    send_set(probe, mode, GOOD_T, left_info=SKIP, right_info=SKIP, transport=transport)
     assert wait_for(lambda: all(len(probe.got[k]) > n_before for k in ("grid", "markers", "cloud")), 10.0), \
         f"no output for the good frame: drops {node.drops.snapshot()}"
     grid, markers, cloud = (probe.got[k][-1] for k in ("grid", "markers", "cloud"))
@@ -309,8 +425,8 @@ def _assert_good_frame_output(node: Any, probe: Probe, mode: str, n_before: int)
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_skipped_counted_and_the_node_recovers(case: Case, graph_factory) -> None:
-    node, probe = graph_factory(case.predictor(), depth_mode=case.mode)
-    assert wait_for(lambda: _connected(node, probe, case.mode), 10.0)
+    node, probe = graph_factory(case.predictor(), depth_mode=case.mode, image_transport=case.transport)
+    assert wait_for(lambda: _connected(node, probe, case.mode, case.transport), 10.0)
     case.send(probe, node)
     if case.log:
         assert wait_for(lambda: probe.logged(case.log), 10.0), [m.msg for m in probe.logs]
@@ -324,7 +440,7 @@ def test_bad_input_is_skipped_counted_and_the_node_recovers(case: Case, graph_fa
         f"drops {node.drops.snapshot()}, outputs {len(probe.got['grid'])}"
     if case.check:
         case.check(node, probe)
-    _assert_good_frame_output(node, probe, case.mode, case.outputs)
+    _assert_good_frame_output(node, probe, case.mode, case.outputs, case.transport)
     assert node.drops.snapshot() == (case.drops if case.final_drops is None else case.final_drops)
     seen = next((m.msg for m in probe.logs if case.log and case.log in m.msg), "")
     print(f"\n[{case.id}] drops {node.drops.snapshot()} outputs {case.outputs}+1 log: {seen.splitlines()[-1:]}")

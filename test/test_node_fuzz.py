@@ -183,6 +183,66 @@ def test_frame_sync_and_processor_raise_only_frame_error(seed: int) -> None:
     assert np.array_equal(processor.process(fs).prediction.labels, processor.predictor.labels)
 
 
+def compressed_image(rng: random.Random, w: int, h: int, t: float) -> NS:
+    """A CompressedImage (JPEG or PNG of random pixels), as image_transport writes it."""
+    import cv2
+
+    pixels = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    codec = rng.choice(["jpeg", "png"])
+    data = cv2.imencode(".jpg" if codec == "jpeg" else ".png", pixels)[1].reshape(-1)
+    good = [f"rgb8; {codec} compressed bgr8", codec, f"bgr8; {codec} compressed bgr8"]
+    bad = ["jpeg" if codec == "png" else "png", "rgb8; compressedDepth png", ""]
+    fmt = rng.choice(good if rng.random() < 0.85 else bad)
+    return NS(format=fmt, data=data, header=NS(stamp=stamp(t), frame_id="cam"))
+
+
+def test_compressed_sets_raise_only_frame_error() -> None:
+    pytest.importorskip("cv2")
+    rng = random.Random(11)
+    drops = DropCounter()
+    slot = LatestSlot(drops)
+    sync = FrameSync("stereo", slot, drops, tolerance=0.02)
+    processor = FrameProcessor(ShapeCheckingFake(), np.asarray(KITTI_CAM_FROM_GRID).reshape(4, 4),
+                               use_cv_bridge=False)
+    processed = rejected = 0
+    for i in range(400):
+        t = 100.0 + 0.1 * i
+        w, h = rng.choice([(9, 9), (200, 12), (256, 24)])
+        msgs = {"left_info": info(P_LEFT, w, h, t), "right_info": info(P_RIGHT, w, h, t),
+                "left": compressed_image(rng, w, h, t),
+                "partner": compressed_image(rng, *rng.choice([(w, h), (w, h), (64, 20)]), t)}
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            key = rng.choice(["left", "partner"])
+            if rng.random() < 0.5:
+                mutate(rng, msgs[key])
+            else:  # cut or flipped bytes inside a payload whose format is right
+                raw = msgs[key].data
+                if isinstance(raw, np.ndarray) and raw.dtype == np.uint8:
+                    raw = raw.tobytes()
+                if not isinstance(raw, bytes):
+                    continue  # already replaced by a non-byte value
+                buf = bytearray(raw)
+                if buf and rng.random() < 0.5:
+                    buf = buf[: rng.randrange(len(buf))]
+                for _ in range(rng.randrange(1, 6)):
+                    if buf:
+                        buf[rng.randrange(len(buf))] = rng.randrange(256)
+                msgs[key].data = bytes(buf)
+        for key, callback in (("left_info", sync.on_left_info), ("right_info", sync.on_right_info),
+                              ("partner", sync.on_partner), ("left", sync.on_left)):
+            callback(msgs[key])
+        fs = slot.take(timeout=0)
+        if fs is None:
+            continue
+        try:
+            processor.process(fs)
+        except FrameError:
+            rejected += 1
+            continue
+        processed += 1
+    assert processed > 50 and rejected > 100, (processed, rejected)
+
+
 # ------------------------------------------------------------------------------------------- running node
 def _ros_image(msg: NS) -> Any:
     """The rclpy message closest to a fuzzed one: out-of-range fields are clamped into the wire types, since a

@@ -17,6 +17,7 @@ from scanssc_ros.ros.params import KITTI_CAM_FROM_GRID, PARAMS, PARAMS_BY_NAME, 
     ("cam_from_grid", KITTI_CAM_FROM_GRID[:15] + [2.0], False),
     ("cam_from_grid", [float("nan")] * 12 + [0.0, 0.0, 0.0, 1.0], False),
     ("publish_cloud", False, True), ("publish_cloud", 0, False),
+    ("image_transport", "compressed", True), ("image_transport", "raw", True), ("image_transport", "jpeg", False),
 ])
 def test_validate(name, value, ok):
     problem = PARAMS_BY_NAME[name].validate(value)

@@ -15,6 +15,7 @@ import numpy as np
 from scanssc_ros.data.depth import SgbmParams, stereo_depth
 from scanssc_ros.geometry import stereo_baseline
 from scanssc_ros.predictor import MIN_IMAGE_SIDE, Prediction
+from scanssc_ros.ros.compressed_decode import compressed_header, compressed_to_rgb, is_compressed
 from scanssc_ros.ros.frame_sync import FrameSet
 from scanssc_ros.ros.image_decode import (
     CameraInfoError,
@@ -68,6 +69,10 @@ def _check_size(msg: Any, topic: str) -> None:
         h, w = int(msg.height), int(msg.width)
     except (TypeError, ValueError, OverflowError):
         raise FrameError(f"{topic}: image size {msg.width!r}x{msg.height!r} is not integer") from None
+    _check_dims(w, h, topic)
+
+
+def _check_dims(w: int, h: int, topic: str) -> None:
     if h <= 0 or w <= 0:
         raise FrameError(f"{topic}: empty image ({w}x{h})")
     if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
@@ -99,12 +104,29 @@ class FrameProcessor:
         return cam
 
     def rgb(self, msg: Any, topic: str, cam: CameraModel) -> np.ndarray:
+        if is_compressed(msg):
+            return self._compressed_rgb(msg, topic + "/compressed", cam)
         _check_size(msg, topic)
         if (int(msg.width), int(msg.height)) != (cam.width, cam.height):
             raise FrameError(f"{topic}: image is {msg.width}x{msg.height} but its camera_info says "
                              f"{cam.width}x{cam.height}")
         try:
             return self._rgb(msg)
+        except ImageDecodeError as exc:
+            raise FrameError(f"{topic}: {exc}") from None
+
+    def _compressed_rgb(self, msg: Any, topic: str, cam: CameraModel) -> np.ndarray:
+        # the size comes from the PNG/JPEG header, so the limits hold before OpenCV allocates the pixels
+        try:
+            header = compressed_header(msg)
+        except ImageDecodeError as exc:
+            raise FrameError(f"{topic}: {exc}") from None
+        _check_dims(header.width, header.height, topic)
+        if (header.width, header.height) != (cam.width, cam.height):
+            raise FrameError(f"{topic}: image is {header.width}x{header.height} but its camera_info says "
+                             f"{cam.width}x{cam.height}")
+        try:
+            return compressed_to_rgb(msg, header)
         except ImageDecodeError as exc:
             raise FrameError(f"{topic}: {exc}") from None
 
@@ -135,7 +157,8 @@ class FrameProcessor:
             rcam = self.camera(fs.right_info, "right/camera_info")
             right = self.rgb(fs.right, "right/image_rect", rcam)
             if right.shape != rgb.shape:
-                raise FrameError(f"right/image_rect is {right.shape[1]}x{right.shape[0]} but the left image is "
+                right_topic = "right/image_rect" + ("/compressed" if is_compressed(fs.right) else "")
+                raise FrameError(f"{right_topic} is {right.shape[1]}x{right.shape[0]} but the left image is "
                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
             if not (np.all(np.isfinite(cam.P)) and np.all(np.isfinite(rcam.P)) and cam.P[0, 0] > 0):
                 raise FrameError("stereo baseline: the camera_info P matrices are not finite or have no focal "

@@ -138,6 +138,7 @@ class ScanSSCNode(Node):
         self.get_logger().info(
             f"scanssc_node ready: variant={cfg.variant} device={self.params['device']} "
             f"precision={self.params['precision']} depth_mode={self.params['depth_mode']} "
+            f"image_transport={self.params['image_transport']} "
             f"grid={'x'.join(map(str, cfg.grid_dims))} label_set={self.label_set.name}"
             + (" (cv_bridge)" if self.processor.uses_cv_bridge else ""))
 
@@ -233,11 +234,17 @@ class ScanSSCNode(Node):
                 self.tf_pub = self.create_publisher(TFMessage, "/tf_static", _qos("reliable", 1, transient=True))
 
     def _make_subscriptions(self) -> None:
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         qos = _qos(self.params["input_reliability"], self.params["input_depth"])
         mode = self.params["depth_mode"]
         sync = self.sync
+        compressed = self.params["image_transport"] == "compressed"
+        colour_type = CompressedImage if compressed else Image
+
+        def colour(base: str) -> str:
+            # image_transport's rule: the transport topic hangs off the resolved (remapped) base topic
+            return self.resolve_topic_name(base) + "/compressed" if compressed else base
 
         def count(fn):  # callbacks only store references; counting them here keeps the rate meter honest
             def cb(msg):
@@ -249,11 +256,11 @@ class ScanSSCNode(Node):
             return cb
 
         self.subs = [
-            self.create_subscription(Image, "left/image_rect", count(self._on_left), qos),
+            self.create_subscription(colour_type, colour("left/image_rect"), count(self._on_left), qos),
             self.create_subscription(CameraInfo, "left/camera_info", sync.on_left_info, qos),
         ]
         if mode == "stereo":
-            self.subs += [self.create_subscription(Image, "right/image_rect", sync.on_partner, qos),
+            self.subs += [self.create_subscription(colour_type, colour("right/image_rect"), sync.on_partner, qos),
                           self.create_subscription(CameraInfo, "right/camera_info", sync.on_right_info, qos)]
         elif mode == "depth":
             self.subs.append(self.create_subscription(Image, "depth/image", sync.on_partner, qos))

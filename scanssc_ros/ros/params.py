@@ -107,6 +107,10 @@ PARAMS: Tuple[ParamSpec, ...] = (
     # inputs
     ParamSpec("depth_mode", "stereo", "Depth prior: stereo (right image + camera_info, SGBM), depth (depth image "
               "topic) or mono (none).", read_only=True, choices=("stereo", "depth", "mono")),
+    ParamSpec("image_transport", "raw", "Transport of the colour images, as image_transport names it: raw "
+              "(sensor_msgs/Image on left/image_rect, right/image_rect) or compressed (sensor_msgs/CompressedImage, "
+              "JPEG or PNG, on <image topic>/compressed: remap the base topic, e.g. left/image_rect). Depth images "
+              "stay raw.", read_only=True, choices=("raw", "compressed")),
     ParamSpec("sync_tolerance", 0.02, "Max stamp difference (s) for pairing left/right/depth/camera_info messages.",
               min=0.0, max=1.0),
     ParamSpec("input_reliability", "best_effort", "QoS reliability of the input subscriptions.", read_only=True,
