@@ -63,8 +63,9 @@ def tf_graph(ros_context):
     made = []
 
     def make(**params):
-        node = make_node(ros_context, FakePredictor(), depth_mode="mono", base_frame="base_link",
-                         grid_in_base=GRID_IN_BASE.reshape(-1).tolist(), **params)
+        params = {"depth_mode": "mono", "base_frame": "base_link", "grid_in_base": GRID_IN_BASE.reshape(-1).tolist(),
+                  **params}
+        node = make_node(ros_context, FakePredictor(), **params)
         probe = Probe(ros_context)
         static_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -149,3 +150,41 @@ def test_camera_far_from_the_training_height_is_reported_once(tf_graph):
         assert wait_for(lambda n=int(t * 10) - 99: len(probe.got["grid"]) >= n, 30.0)
     assert wait_for(lambda: probe.logged("out of their training distribution"), 5.0)
     assert sum("out of their training distribution" in m.msg for m in probe.logs) == 1
+
+
+def test_bag_tf_static_of_another_sequence_places_the_grid(tf_graph, tmp_path):
+    """scanssc-kitti2bag writes the sequence's camera <-> velodyne transform to /tf_static; with
+    base_frame=velo_link the node uses it instead of the sequence-08 default of cam_from_grid."""
+    from fake_kitti import make_fake_semantickitti
+    from rclpy.serialization import deserialize_message
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from scanssc_ros.bag.kitti2bag import convert_sequence
+    from scanssc_ros.geometry import kitti_camera, read_kitti_calib
+
+    seq = make_fake_semantickitti(tmp_path / "kitti", {"00": 1}) / "sequences" / "00"
+    calib_text = (seq / "calib.txt").read_text().splitlines()
+    other = _yaw(3.0, (0.1, -0.2, 0.05)) @ np.vstack([read_kitti_calib(seq / "calib.txt")["Tr"][:3], [0, 0, 0, 1]])
+    calib_text = [ln for ln in calib_text if not ln.startswith("Tr:")]
+    calib_text.append("Tr: " + " ".join(f"{v:.12e}" for v in other[:3].reshape(-1)))
+    (seq / "calib.txt").write_text("\n".join(calib_text) + "\n")
+    (seq / "times.txt").write_text("0.000000e+00\n")
+    convert_sequence(seq, tmp_path / "bag", frames=[0])
+    with AnyReader([tmp_path / "bag"], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as reader:
+        raw = [r for c, _, r in reader.messages() if c.topic == "/tf_static"]
+    assert len(raw) == 1
+
+    node, probe, pubs, TFMessage = tf_graph(output_frame="", base_frame="velo_link",  # the KITTI grid frame
+                                            grid_in_base=np.eye(4).reshape(-1).tolist())
+    assert wait_for(lambda: _connected(node, probe), 10.0)
+    pubs["static"].publish(deserialize_message(bytes(raw[0]), TFMessage))
+    assert wait_for(lambda: "velo_link" in node.placement.tree.frames(), 10.0)
+    left, _ = textured_pair(0)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 10.0, frame="camera_color_left"))
+    probe.pub["left/image_rect"].publish(image_msg(left, 10.0, frame="camera_color_left"))
+    assert wait_for(lambda: probe.got["grid"], 30.0), node.drops.snapshot()
+    _, expect = kitti_camera(read_kitti_calib(seq / "calib.txt"), "P2")
+    got = node.predictor.calls[-1]["T"]
+    assert np.allclose(got, expect, atol=1e-5)
+    assert not np.allclose(got, np.asarray(node.params["cam_from_grid"]).reshape(4, 4), atol=1e-2)
