@@ -113,19 +113,37 @@ def test_launch_description_with_stand_in_modules(monkeypatch):
     assert len(scanssc) == 1
     node = scanssc[0]
     assert node["executable"] in _installed_executables()
-    assert node["parameters"] == [declared["config"]], "empty launch arguments must not override the params file"
+    assert node["parameters"] == [declared["config"], {"use_sim_time": False}], \
+        "empty launch arguments must not override the params file"
     remaps = dict(node["remappings"])
     assert remaps["left/image_rect"] == "/kitti/camera_color_left/image_raw"
+    assert remaps["right/camera_info"] == "/kitti/camera_color_right/camera_info"
 
 
 def test_launch_arguments_override_parameters(monkeypatch):
     _, nodes = _run_with_fakes(monkeypatch, {"checkpoint": "/tmp/m.pt", "device": "cuda:1",
-                                             "allow_untrained": "true", "left_image": "/cam/left"})
+                                             "allow_untrained": "true", "left_image": "/cam/left",
+                                             "base_frame": "base_link", "input_reliability": "best_effort",
+                                             "input_depth": "5", "mark_unseen": "false"})
     node = [n for n in nodes if n["package"] == "scanssc_ros"][0]
     overrides = node["parameters"][1]
-    assert overrides == {"checkpoint": "/tmp/m.pt", "device": "cuda:1", "allow_untrained": True}
+    assert overrides == {"checkpoint": "/tmp/m.pt", "device": "cuda:1", "allow_untrained": True,
+                         "base_frame": "base_link", "input_reliability": "best_effort", "input_depth": 5,
+                         "mark_unseen": False}
     assert validate_values(overrides) == []
     assert dict(node["remappings"])["left/image_rect"] == "/cam/left"
+
+
+def test_camera_namespace_and_sim_time(monkeypatch):
+    _, nodes = _run_with_fakes(monkeypatch, {"camera_namespace": "/stereo/", "right_info": "/other/info",
+                                             "use_sim_time": "true"})
+    node = [n for n in nodes if n["package"] == "scanssc_ros"][0]
+    remaps = dict(node["remappings"])
+    assert remaps["left/image_rect"] == "/stereo/left/image_rect"
+    assert remaps["left/camera_info"] == "/stereo/left/camera_info"
+    assert remaps["depth/image"] == "/stereo/depth/image"
+    assert remaps["right/camera_info"] == "/other/info"  # an explicit topic argument wins
+    assert node["parameters"][-1] == {"use_sim_time": True}
 
 
 def test_launch_argument_chooses_compressed_input(monkeypatch):
