@@ -227,3 +227,42 @@ def test_10hz_bag_at_1x_into_a_slower_model_accounts_for_every_frame(graph_facto
     out = probe.stamps("grid")
     assert len(out) == published and all(b > a for a, b in zip(out, out[1:])), out
     assert wait_for(lambda: probe.diag_value("frames_dropped") == str(sum(drops.values())), 3.0)
+
+
+def test_lockstep_player_sends_a_dropped_frame_again(ros_context, graph_factory):
+    """The demo's player: a frame the node reports dropped (here: received while disabled) is sent again, and the
+    second send gives the grid."""
+    from rclpy.parameter import Parameter
+    from rclpy.serialization import serialize_message
+
+    from scanssc_ros.bag.lockstep import LockstepPlayer
+
+    node, probe = graph_factory(FakePredictor(), depth_mode="mono", enable=False)
+
+    class InProcess:  # what play_frame asks of a NodeProcess
+        proc = type("P", (), {"poll": staticmethod(lambda: None)})()
+
+        @staticmethod
+        def alive() -> bool:
+            return True
+
+    left, _ = textured_pair(0)
+    msgs = {"/left/camera_info": serialize_message(info_msg(P_LEFT, 70.0)),
+            "/left/image_rect": serialize_message(image_msg(left, 70.0))}
+    player = LockstepPlayer(ros_context, "scanssc_node", {"/left/camera_info": "sensor_msgs/msg/CameraInfo",
+                                                          "/left/image_rect": "sensor_msgs/msg/Image"})
+    said = []
+
+    def log(text: str) -> None:  # called just before the resend: the node is back on by then
+        said.append(text)
+        node.set_parameters([Parameter("enable", value=True)])
+
+    try:
+        player.wait_ready(InProcess, list(msgs), timeout=10.0)
+        player.spin_until(lambda: bool(player.diagnostics), 5.0)
+        grid, _ = player.play_frame(msgs, InProcess, timeout=20.0, retries=2, log=log)
+    finally:
+        player.close()
+    assert grid.header.stamp.sec == 70
+    assert [r["why"] for r in player.resends] == ["the node dropped it (disabled=1)"], player.resends
+    assert said == ["[lockstep] the node dropped it (disabled=1): sending the frame again (1/2)"]
