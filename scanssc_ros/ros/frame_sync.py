@@ -298,7 +298,7 @@ class FrameSync:
         now = self._clock()
         statuses = [self._status(h, now) for h in self._pending]
         newest = max((i for i, s in enumerate(statuses) if s.fs is not None), default=None)
-        keep: Deque[_Held] = deque()
+        keep: List[Tuple[_Held, _Status]] = []
         for i, (held, status) in enumerate(zip(self._pending, statuses)):
             if newest is not None and i < newest:
                 # a newer frame is complete; this one would have to be processed before it, out of order
@@ -310,13 +310,12 @@ class FrameSync:
             elif status.final:
                 self._drop(status)
             else:
-                keep.append(held)
-        while len(keep) > PENDING_LIMIT:
-            held = keep.popleft()
-            self._drop(self._status(held, now))
-        self._pending = keep
-        self._waiting_reasons = {statuses[i].reason for i, s in enumerate(statuses)
-                                 if s.fs is None and not s.final and (newest is None or i > newest)}
+                keep.append((held, status))
+        for _, status in keep[:-PENDING_LIMIT]:  # the oldest beyond the bound, by what they still lack
+            self._drop(status)
+        keep = keep[-PENDING_LIMIT:]
+        self._pending = deque(held for held, _ in keep)
+        self._waiting_reasons = {status.reason for _, status in keep}
 
     def _emit(self, fs: FrameSet, now: float) -> None:
         partner = fs.right if self.mode == "stereo" else fs.depth
