@@ -5,7 +5,8 @@ installed scanssc_node with the shipped params file, one PNG per frame, and a me
 
 Everything a user would run is real here: the executable and ``config/scanssc.yaml`` (checkpoint, remaps and the
 grid output frame are the only overrides), rosbag2 bags written by ``scanssc-kitti2bag``, the node's own
-``~/voxels`` output. Frames are sent one at a time (``bag.lockstep``) so every frame gets its grid; the latency
+``~/voxels`` output. Frames are sent one at a time (``bag.lockstep``; a frame the node dropped is sent again, and
+the summary lists such resends and the node's drop counts) so every frame gets its grid; the latency
 reported per frame is from publishing the frame's messages to receiving its grid (SGBM, inference, encoding,
 transport). Scores: synthetic frames against their dense voxel labels; KITTI frames against sparse ground truth
 from the labelled LiDAR scan (no dense labels ship with the sample), and the bundled model has only ever seen
@@ -58,10 +59,12 @@ def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, target
     result = SourceResult(name)
     metrics = SSCMetrics(label_set.num_classes, distance_analysis=False)
     for i, (t_ns, msgs) in enumerate(frames):
+        resent = len(player.resends)
         grid, seconds = player.play_frame(msgs, node)
         labels = _grid_labels(grid)
         entry = {"frame": i, "stamp_ns": t_ns, "latency_ms": round(seconds * 1e3, 1),
-                 "occupied_voxels": int(((labels != 0) & (labels != 255)).sum())}
+                 "occupied_voxels": int(((labels != 0) & (labels != 255)).sum()),
+                 "resends": len(player.resends) - resent}
         target = targets(i)
         if target is not None:
             # the node marks voxels outside the camera's view 255 (unknown); the benchmark scores every voxel, and a
@@ -137,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         bag_contents[name] = bag_frames(bags[name], CAMERA_TOPICS)  # ([frames], {topic: type})
         print(f"[demo] {name}: bag {bags[name]}", flush=True)
 
-    params = {"output_frame": "scanssc_grid", "input_reliability": "reliable", "publish_tf": False}
+    params = {"output_frame": "scanssc_grid", "publish_tf": False}
     checkpoint = args.checkpoint if args.checkpoint.is_file() else None
     if checkpoint is not None:
         params["checkpoint"] = str(checkpoint.resolve())
@@ -162,6 +165,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             r = run_source(name, seq_dir, bag_contents[name][0], player, node, out, targets, SEMANTIC_KITTI)
             r.ground_truth = gt
             results.append(r)
+        # the node's own account of every frame: its next /diagnostics message after the last grid
+        player.diagnostics = {}
+        player.spin_until(lambda: bool(player.diagnostics), 5.0)
+        node_drops = player.drops()
+        resends = list(player.resends)
         player.close()
     finally:
         rc = node.stop()
@@ -172,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     summary = {
         "checkpoint": str(checkpoint) if checkpoint else None, "wall_s": round(time.monotonic() - t_start, 1),
-        "sources": [r.__dict__ for r in results],
+        "sources": [r.__dict__ for r in results], "node_drops": node_drops, "resends": resends,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     lines = [f"scanssc demo ({'checkpoint ' + checkpoint.name if checkpoint else 'UNTRAINED model'}), "
@@ -184,6 +192,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if r.metrics:
             lines.append(f"    vs {r.ground_truth}: IoU {r.metrics['iou']:.1f}  mIoU {r.metrics['miou']:.1f}  "
                          f"precision {r.metrics['precision']:.1f}  recall {r.metrics['recall']:.1f}")
+    lines.append(f"  node drops: {', '.join(f'{k}={v}' for k, v in sorted(node_drops.items())) or 'none'}; "
+                 f"frames sent again: {len(resends)}")
     lines.append(f"  PNGs, bags, node.log and summary.json in {out}")
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Callable, Deque, List, Optional
 
 import numpy as np
@@ -17,6 +18,30 @@ FX, CX, CY = 707.0912 / 2, 601.8873 / 2, 183.1104 / 2
 P_LEFT = [FX, 0, CX, 46.88783 / 2, 0, FX, CY, 0.1178601 / 2, 0, 0, 1, 0.006203223]
 P_RIGHT = [FX, 0, CX, -333.4597 / 2, 0, FX, CY, 1.930130 / 2, 0, 0, 1, 0.003318498]
 W, H = 621, 188
+
+
+def write_camera_bag(out: Path, frames: int, period: float = 0.1, size=(1226, 370)) -> Path:
+    """A stereo camera at 1/``period`` Hz (KITTI image size, textured frames, KITTI 08 calibration) as a rosbag2
+    written by scanssc-kitti2bag with no topic prefix: ``/camera_color_{left,right}/{image_raw,camera_info}``."""
+    import cv2
+    from fake_kitti import SEQ08_CALIB
+
+    from scanssc_ros.bag.kitti2bag import convert_sequence
+
+    seq = out.parent / f"{out.name}_sequence"
+    w, h = size
+    rng = np.random.default_rng(0)
+    for cam in ("image_2", "image_3"):
+        (seq / cam).mkdir(parents=True)
+    for i in range(frames):
+        # 4 px blocks: texture for the stereo matcher, still compressible PNGs
+        blocks = rng.integers(0, 256, size=(h // 4 + 1, (w + 40) // 4 + 1, 3), dtype=np.uint8)
+        wide = cv2.resize(blocks, (blocks.shape[1] * 4, blocks.shape[0] * 4), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(seq / "image_2" / f"{i:06d}.png"), wide[:h, 20:20 + w])
+        cv2.imwrite(str(seq / "image_3" / f"{i:06d}.png"), wide[:h, :w])
+    (seq / "calib.txt").write_text(SEQ08_CALIB)
+    (seq / "times.txt").write_text("".join(f"{i * period:.6e}\n" for i in range(frames)))
+    return convert_sequence(seq, out, prefix="").bag
 
 
 def stamp(t: float):
@@ -87,13 +112,14 @@ class FakePredictor:
 
 
 def make_node(ctx, predictor, **params):
-    """An in-process ScanSSCNode with test-friendly defaults (no warm-up, every voxel drawn, reliable inputs)."""
+    """An in-process ScanSSCNode with test-friendly defaults (no warm-up, every voxel drawn); the input QoS is the
+    shipped default."""
     from rclpy.parameter import Parameter
 
     from scanssc_ros.ros.node import ScanSSCNode
 
     base = dict(allow_untrained=True, warmup=False, surface_only=False, max_voxels=0, publish_tf=False,
-                input_reliability="reliable", diagnostics_period=0.2)
+                diagnostics_period=0.2)
     base.update(params)
     return ScanSSCNode(predictor=predictor, context=ctx,
                        parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])

@@ -159,8 +159,7 @@ def test_sigint_while_inferring_exits_within_2s_and_restarts(ros_context):
     from nodeutil import Graph, Probe, wait_for
 
     name = f"scanssc_busy_{os.getpid()}"
-    args = ("-p", "variant:=lite", "-p", "warmup:=false", "-p", "input_reliability:=reliable",
-            "-p", "diagnostics_period:=0.2")
+    args = ("-p", "variant:=lite", "-p", "warmup:=false", "-p", "diagnostics_period:=0.2")
     frame = _kitti_size_inputs()
     feeding = threading.Event()
     probe = None

@@ -40,5 +40,6 @@ def test_soak_checks_catch_violations() -> None:
     for key, value in [("rss_change_pct", {"min": 0.0, "max": 6.0}), ("partner_buffer_max", 9),
                        ("slot_items_max", 2), ("repeated_stamps", 1), ("backwards_stamps", 1), ("wrong_labels", 1),
                        ("timeouts", 1), ("output_counts", {"grid": 10, "markers": 9, "cloud": 10}),
-                       ("drops", {"superseded": 1})]:
+                       ("drops", {"superseded": 1}), ("frames_received", 9),
+                       ("drops", {"lost_before_callback": 1})]:
         assert soak.problems(dict(good, **{key: value})), key

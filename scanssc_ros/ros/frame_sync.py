@@ -1,18 +1,24 @@
 """Input pairing for the node: left image + camera_info (+ right image + camera_info, or a depth image), newest
 first, with every discarded frame counted by reason.
 
-Runs in the subscription callbacks, so it only stores message references and compares stamps; decoding happens in
-the inference worker. Nothing here imports rclpy: messages only need ``header.stamp.{sec,nanosec}``.
+Runs in the subscription callbacks (and a short timer that calls :meth:`FrameSync.poll`), so it only stores
+message references and compares stamps; decoding happens in the inference worker. Nothing here imports rclpy:
+messages only need ``header.stamp.{sec,nanosec}`` (and ``width``/``height``/``header.frame_id`` where present).
 
-Pairing rules (``tolerance`` in seconds):
-- camera_info: the one stamped like the image when there is one (drivers and bags usually stamp both alike; on
-  separate topics the info can arrive just after its image, so once infos have matched image stamps a frame
-  waits for its own instead of taking the previous one, which may describe another camera setting); otherwise
-  the latest (drivers that publish it at another rate or with other stamps). The frame waits while none exists;
-- the partner image (right or depth) is the buffered one with the nearest stamp within ``tolerance``;
-- a left image that cannot be paired yet stays pending; a newer left image replaces it (the old one is counted
-  ``unpaired`` or ``no_camera_info``), and it is given up as soon as partner images newer than its stamp +
-  tolerance have arrived (stamps are assumed to increase per topic).
+Pairing rules (``tolerance`` in seconds, ``wait_limit`` in wall-clock seconds):
+- camera_info: the one stamped within ``tolerance`` of the image; otherwise the newest one before the image that
+  plainly belongs to the same camera stream (same width, height and frame_id as the image it describes): drivers
+  that publish camera_info at their own rate or with their own stamps, and infos that lag their images (with
+  full-size images on the same transport, Fast DDS delivered the small infos in bursts up to 2.5 s late here).
+  An info of another camera (another size or frame: a different bag, another resolution) is never used: the
+  frame waits up to ``wait_limit`` for one that fits and is then dropped as ``no_camera_info`` with the reason
+  spelled out;
+- the partner image (right or depth) is the buffered one with the nearest stamp within ``tolerance``; a frame is
+  given up (``unpaired``) when partner images newer than its stamp + tolerance have arrived (stamps increase per
+  topic) or after ``wait_limit``;
+- several left images may wait at once (a bounded queue), so an image whose camera_info or partner arrives after
+  the next left image is still paired. When a newer frame is complete, older waiting ones are dropped: as
+  ``superseded`` when they were complete too, otherwise by what they still lacked.
 A complete set goes into a :class:`LatestSlot`; an older set still waiting there is replaced (``superseded``).
 """
 from __future__ import annotations
@@ -21,12 +27,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterable, Optional
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 MODES = ("stereo", "depth", "mono")
 PARTNER_TOPIC = {"stereo": "right/image_rect", "depth": "depth/image"}
 PARTNER_BUFFER = 8  # partner images / infos kept for matching; a few frame periods of jitter at camera rates
-INFO_WAIT_LIMIT = 1.0  # s: an image waits for its own camera_info only while the latest info is this recent
+PENDING_LIMIT = 8  # left images waiting at once (0.8 s of a 10 Hz camera)
+# wall-clock seconds a left image waits for a camera_info or partner that fits it. Longer than a message that is
+# merely late: on loopback a small sample sent right behind a full-size image is often lost, and Fast DDS delivers
+# it and every later sample of its topic only after the writer's next heartbeat (3 s by default; lags of 0.4-2.5 s
+# measured); short enough that a frame whose input never comes is reported within seconds.
+WAIT_LIMIT = 3.5
 
 
 def stamp_seconds(msg: Any) -> float:
@@ -68,8 +79,11 @@ class DropCounter:
         self._counts: Dict[str, int] = {}
 
     def add(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` more (a negative ``n`` takes back a count that turned out wrong)."""
         with self._lock:
             self._counts[reason] = self._counts.get(reason, 0) + n
+            if self._counts[reason] <= 0:
+                del self._counts[reason]
 
     def snapshot(self) -> Dict[str, int]:
         with self._lock:
@@ -117,12 +131,21 @@ class LatestSlot:
             return self._item is not None
 
 
-class InfoCache:
-    """The recent camera_infos of one camera and the rule above for picking one for an image stamp."""
+def _size_frame(msg: Any) -> Tuple[Any, Any, Any]:
+    return getattr(msg, "width", None), getattr(msg, "height", None), getattr(msg.header, "frame_id", None)
 
-    def __init__(self) -> None:
+
+def describe(msg: Any) -> str:
+    w, h, frame = _size_frame(msg)
+    return f"{w}x{h}, frame {frame!r}"
+
+
+class InfoCache:
+    """The recent camera_infos of one camera and the rule above for picking one for an image."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
         self._buf: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
-        self.stamped_like_images = False
 
     def add(self, msg: Any) -> None:
         self._buf.append(msg)
@@ -131,41 +154,65 @@ class InfoCache:
     def latest(self) -> Any:
         return self._buf[-1] if self._buf else None
 
-    def for_stamp(self, t: float, tolerance: float) -> Any:
-        """The info to use for an image stamped ``t``, or None while the right one has not arrived."""
+    def pick(self, image: Any, t: float, tolerance: float) -> Tuple[Any, str]:
+        """(info, "") for ``image`` (stamped ``t``), or (None, why) while none here fits it."""
         best = nearest_within(self._buf, t, tolerance)
         if best is not None:
-            self.stamped_like_images = True
-            return best
-        latest = self.latest
-        if latest is None:
-            return None
-        if self.stamped_like_images and t - INFO_WAIT_LIMIT < stamp_seconds(latest) < t:
-            return None  # this image's own info is on its way
-        return latest
+            return best, ""
+        if not self._buf:
+            return None, f"no {self.topic} message received"
+        same = [m for m in self._buf if _size_frame(m) == _size_frame(image)]
+        if same:
+            before = [m for m in same if stamp_seconds(m) <= t]
+            # the calibration in force when the image was taken: the newest one before it
+            return (before[-1] if before else same[0]), ""
+        latest = self._buf[-1]
+        return None, (f"no {self.topic} stamped within sync_tolerance ({tolerance:g} s) of the image, and the latest "
+                      f"one ({describe(latest)}, stamped {stamp_seconds(latest) - t:+.3f} s from the image) does not "
+                      f"describe this {describe(image)} image")
+
+
+@dataclass
+class _Held:
+    """A left image waiting for the rest of its set."""
+
+    msg: Any
+    t: float
+    since: float  # clock() at arrival
+
+
+@dataclass
+class _Status:
+    """What a held image's set looks like now: ``fs`` when complete; else the drop ``reason`` it would get and
+    ``why`` in words; ``final`` when waiting longer cannot complete it."""
+
+    fs: Optional[FrameSet] = None
+    reason: str = ""
+    why: str = ""
+    final: bool = False
 
 
 class FrameSync:
     def __init__(self, mode: str, slot: LatestSlot, drops: DropCounter, tolerance: float = 0.02,
-                 clock=None) -> None:
+                 clock=None, wait_limit: float = WAIT_LIMIT) -> None:
         if mode not in MODES:
             raise ValueError(f"depth mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.slot = slot
         self.drops = drops
         self.tolerance = float(tolerance)
+        self.wait_limit = float(wait_limit)
         self._clock = clock or time.monotonic
-        self.left_infos = InfoCache()
-        self.right_infos = InfoCache()
-        self._pending: Any = None
+        self.left_infos = InfoCache("left/camera_info")
+        self.right_infos = InfoCache("right/camera_info")
+        self._pending: Deque[_Held] = deque()
         self._partners: Deque[Any] = deque(maxlen=PARTNER_BUFFER)
+        self._waiting_reasons: set = set()
         self.frames_in = 0  # left images received
         self.sets_out = 0
-        # why the last left image was given up as unpaired (cleared by the reader): pairing failures are
-        # otherwise silent, and a clock offset between cameras makes every frame fail
-        self.unpaired_reason: Optional[str] = None
-        # set when a left image was replaced while it waited for its camera_info (cleared by the reader)
-        self.lost_waiting_for_info = False
+        # (drop reason, why) of frames given up since the reader last called notes(): pairing failures are
+        # otherwise silent, and a clock offset between cameras or a wrong remap makes every frame fail
+        self._notes: List[Tuple[str, str]] = []
 
     @property
     def left_info(self) -> Any:
@@ -176,82 +223,106 @@ class FrameSync:
     def right_info(self) -> Any:
         return self.right_infos.latest
 
+    def notes(self) -> List[Tuple[str, str]]:
+        """(drop reason, why) for each frame given up since the last call."""
+        notes, self._notes = self._notes, []
+        return notes
+
     # ------------------------------------------------------------------------------------------ callbacks
     def on_left_info(self, msg: Any) -> None:
         self.left_infos.add(msg)
-        self._try_emit()
+        self._update()
 
     def on_right_info(self, msg: Any) -> None:
         self.right_infos.add(msg)
-        self._try_emit()
+        self._update()
 
     def on_left(self, msg: Any) -> None:
         self.frames_in += 1
-        if self._pending is not None:
-            if self._waiting_for() == "unpaired":
-                self._give_up(self._pending)
-            else:
-                self.drops.add("no_camera_info")
-                self.lost_waiting_for_info = True
-        self._pending = msg
-        self._try_emit()
+        self._pending.append(_Held(msg, stamp_seconds(msg), self._clock()))
+        self._update()
 
     def on_partner(self, msg: Any) -> None:
         """A right image (stereo mode) or a depth image (depth mode)."""
         self._partners.append(msg)
-        self._try_emit()
+        self._update()
 
-    # ------------------------------------------------------------------------------------------ matching
-    def _infos(self, t: float):
-        left = self.left_infos.for_stamp(t, self.tolerance)
-        right = self.right_infos.for_stamp(t, self.tolerance) if self.mode == "stereo" else None
-        ok = left is not None and (self.mode != "stereo" or right is not None)
-        return ok, left, right
-
-    def _waiting_for(self) -> str:
-        if self._pending is not None and not self._infos(stamp_seconds(self._pending))[0]:
-            return "no_camera_info"
-        return "unpaired"
+    def poll(self) -> None:
+        """Give up frames whose wait is over (call it periodically: nothing else may arrive to trigger that)."""
+        if self._pending:
+            self._update()
 
     def waiting_for_info(self) -> bool:
-        """A left image is held back only because a camera_info has not arrived."""
-        return self._pending is not None and self._waiting_for() == "no_camera_info"
+        """A left image is held back because a camera_info has not arrived."""
+        return "no_camera_info" in self._waiting_reasons
 
-    def _give_up(self, left: Any) -> None:
-        self.drops.add("unpaired")
+    # ------------------------------------------------------------------------------------------ matching
+    def _unpaired_why(self, t: float) -> str:
         topic = PARTNER_TOPIC[self.mode]
         if not self._partners:
-            self.unpaired_reason = f"no {topic} message buffered"
-            return
-        t = stamp_seconds(left)
+            return f"no {topic} message buffered"
         nearest = min((stamp_seconds(m) - t for m in self._partners), key=abs)
-        self.unpaired_reason = (f"the nearest {topic} stamp is {nearest:+.3f} s from the left image's "
-                                f"(sync_tolerance {self.tolerance:g} s)")
+        return (f"the nearest {topic} stamp is {nearest:+.3f} s from the left image's "
+                f"(sync_tolerance {self.tolerance:g} s)")
 
-    def _try_emit(self) -> None:
-        left = self._pending
-        if left is None:
-            return
-        t = stamp_seconds(left)
-        have_infos, left_info, right_info = self._infos(t)
-        if not have_infos:
-            return
-        fs = FrameSet(left=left, left_info=left_info)
-        if self.mode != "mono":
-            partner = nearest_within(self._partners, t, self.tolerance)
-            if partner is None:
-                if any(stamp_seconds(m) > t + self.tolerance for m in self._partners):
-                    self._give_up(left)  # its partner would have arrived before these
-                    self._pending = None
-                return
+    def _status(self, held: _Held, now: float) -> _Status:
+        t = held.t
+        expired = now - held.since >= self.wait_limit
+        left_info, why = self.left_infos.pick(held.msg, t, self.tolerance)
+        if left_info is None and expired:
+            return _Status(reason="no_camera_info", why=why, final=True)
+        waiting = None if left_info is not None else _Status(reason="no_camera_info", why=why)
+        fs = FrameSet(left=held.msg, left_info=left_info)
+        if self.mode == "mono":
+            return waiting or _Status(fs=fs)
+        partner = nearest_within(self._partners, t, self.tolerance)
+        if partner is None:
+            overtaken = any(stamp_seconds(m) > t + self.tolerance for m in self._partners)
+            status = _Status(reason="unpaired", why=self._unpaired_why(t), final=overtaken or expired)
+            return status if status.final or waiting is None else waiting
+        if self.mode == "depth":
+            fs.depth = partner
+            return waiting or _Status(fs=fs)
+        right_info, why = self.right_infos.pick(partner, t, self.tolerance)
+        if right_info is None:
+            return _Status(reason="no_camera_info", why=why, final=expired)
+        fs.right, fs.right_info = partner, right_info
+        return waiting or _Status(fs=fs)
+
+    def _drop(self, status: _Status) -> None:
+        self.drops.add(status.reason)
+        if status.reason != "superseded":
+            self._notes.append((status.reason, status.why))
+
+    def _update(self) -> None:
+        now = self._clock()
+        statuses = [self._status(h, now) for h in self._pending]
+        newest = max((i for i, s in enumerate(statuses) if s.fs is not None), default=None)
+        keep: List[Tuple[_Held, _Status]] = []
+        for i, (held, status) in enumerate(zip(self._pending, statuses)):
+            if newest is not None and i < newest:
+                # a newer frame is complete; this one would have to be processed before it, out of order
+                if status.fs is None:
+                    status.why += " when a newer frame was complete"
+                self._drop(_Status(reason="superseded") if status.fs is not None else status)
+            elif i == newest:
+                self._emit(status.fs, now)
+            elif status.final:
+                self._drop(status)
+            else:
+                keep.append((held, status))
+        for _, status in keep[:-PENDING_LIMIT]:  # the oldest beyond the bound, by what they still lack
+            self._drop(status)
+        keep = keep[-PENDING_LIMIT:]
+        self._pending = deque(held for held, _ in keep)
+        self._waiting_reasons = {status.reason for _, status in keep}
+
+    def _emit(self, fs: FrameSet, now: float) -> None:
+        partner = fs.right if self.mode == "stereo" else fs.depth
+        if partner is not None:
             # the matched partner and older ones are no use to later (newer) left images
             while self._partners and self._partners.popleft() is not partner:
                 pass
-            if self.mode == "stereo":
-                fs.right, fs.right_info = partner, right_info
-            else:
-                fs.depth = partner
-        self._pending = None
-        fs.received = self._clock()
+        fs.received = now
         self.sets_out += 1
         self.slot.put(fs)

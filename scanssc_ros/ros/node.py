@@ -21,7 +21,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
 from rclpy.signals import SignalHandlerOptions
 
 from scanssc_ros.ros.params import KITTI_CAM_FROM_GRID, PARAMS, PARAMS_BY_NAME, ParameterError, ParamSpec
@@ -94,6 +94,7 @@ class ScanSSCNode(Node):
         from scanssc_ros.labels import LABEL_SETS
         from scanssc_ros.ros.frame_processor import FrameProcessor
         from scanssc_ros.ros.frame_sync import DropCounter, FrameSync, LatestSlot
+        from scanssc_ros.ros.input_loss import LossDetector
         from scanssc_ros.ros.outputs import OutputBuilder
 
         self.predictor = predictor if predictor is not None else load_predictor(self.params, self.get_logger())
@@ -115,6 +116,7 @@ class ScanSSCNode(Node):
         self.drops = DropCounter()
         self.slot = LatestSlot(self.drops)
         self.sync = FrameSync(self.params["depth_mode"], self.slot, self.drops, self.params["sync_tolerance"])
+        self.loss = LossDetector(self.drops, self.params["sync_tolerance"])
         self.stats = PipelineStats(self.drops)
         self._lock = threading.Lock()  # guards params/options read by the worker
         self._stop = threading.Event()
@@ -128,6 +130,9 @@ class ScanSSCNode(Node):
         self._make_subscriptions()
         self._make_tf_subscriptions()
         self._diag_timer = self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
+        # frames whose camera_info or partner never comes, and images lost before the callback, are only noticed
+        # by the passing of time
+        self._input_timer = self.create_timer(0.1, self._poll_inputs)
         from std_srvs.srv import SetBool
 
         self.create_service(SetBool, "~/enable", self._on_enable)
@@ -195,7 +200,7 @@ class ScanSSCNode(Node):
             self.params = updated
             if opts is not None:
                 self.output_opts = opts
-                self.sync.tolerance = float(updated["sync_tolerance"])
+                self.sync.tolerance = self.loss.tolerance = float(updated["sync_tolerance"])
         if self._setup_done and any(p.name == "diagnostics_period" for p in params):
             self._diag_timer.cancel()
             self.destroy_timer(self._diag_timer)
@@ -248,6 +253,7 @@ class ScanSSCNode(Node):
 
         def count(fn):  # callbacks only store references; counting them here keeps the rate meter honest
             def cb(msg):
+                self.loss.on_image(msg)  # also while disabled: a pause must not look like lost images
                 with self._lock:
                     if not self.params["enable"]:
                         self.drops.add("disabled")
@@ -257,7 +263,7 @@ class ScanSSCNode(Node):
 
         self.subs = [
             self.create_subscription(colour_type, colour("left/image_rect"), count(self._on_left), qos),
-            self.create_subscription(CameraInfo, "left/camera_info", sync.on_left_info, qos),
+            self.create_subscription(CameraInfo, "left/camera_info", self._on_left_info, qos),
         ]
         if mode == "stereo":
             self.subs += [self.create_subscription(colour_type, colour("right/image_rect"), sync.on_partner, qos),
@@ -286,18 +292,59 @@ class ScanSSCNode(Node):
                       self.create_subscription(TFMessage, "/tf_static", on_tf(True),
                                                _qos("reliable", 100, transient=True))]
 
+    def create_subscription(self, msg_type: Any, topic: str, callback: Any, qos_profile: Any, **kwargs: Any) -> Any:
+        """Every subscription of this node is an input: a publisher whose QoS it cannot match is reported with the
+        parameter that fixes it (rclpy's own warning names only the policy)."""
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+        except ImportError:  # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
+
+        def incompatible(info: Any) -> None:
+            policy = qos_policy_name_from_kind(info.last_policy_kind)
+            fix = ("; a camera publishing best effort (sensor-data QoS) needs input_reliability: best_effort"
+                   if policy == "RELIABILITY" and self.params["input_reliability"] == "reliable"
+                   and topic not in ("/tf", "/tf_static") else "")
+            self.get_logger().warning(f"a publisher on {self.resolve_topic_name(topic)} offers QoS this subscription "
+                                      f"cannot accept ({policy}): nothing from it arrives{fix}")
+
+        kwargs.setdefault("event_callbacks", SubscriptionEventCallbacks(incompatible_qos=incompatible))
+        return super().create_subscription(msg_type, topic, callback, qos_profile, **kwargs)
+
     def _on_left(self, msg: Any) -> None:
         self.stats.frame_in()
         self.sync.on_left(msg)
-        reason, self.sync.unpaired_reason = self.sync.unpaired_reason, None
-        if reason:
-            self._warn("unpaired", f"left image dropped, no partner within sync_tolerance: {reason}; are the "
-                       "cameras stamped from one clock, and is the partner topic remapped?")
-        # an image that arrives just before its own camera_info waits for it: only a frame lost that way is news
-        lost, self.sync.lost_waiting_for_info = self.sync.lost_waiting_for_info, False
-        if lost:
-            self._warn("info", "waiting for camera_info on left/camera_info"
-                       + (" and right/camera_info" if self.sync.mode == "stereo" else "") + "; frames are dropped")
+        self._report_inputs()
+
+    def _on_left_info(self, msg: Any) -> None:
+        self.loss.on_info(msg)
+        self.sync.on_left_info(msg)
+
+    def _poll_inputs(self) -> None:
+        self.sync.poll()
+        self.loss.poll()
+        self._report_inputs()
+
+    def _report_inputs(self) -> None:
+        for reason, why in self.sync.notes():
+            if reason == "unpaired":
+                self._warn("unpaired", f"left image dropped, no partner within sync_tolerance: {why}; are the "
+                           "cameras stamped from one clock, and is the partner topic remapped?")
+            else:
+                self._warn("info", f"left image dropped ({reason}): {why}")
+        for why in self.loss.notes():
+            rel, depth = self.params["input_reliability"], self.params["input_depth"]
+            if self.loss.images_received == 0:
+                hint = ("is left/image_rect remapped, and does its publisher offer a reliability this subscription "
+                        "accepts (a best-effort publisher does not reach a reliable subscription)?")
+            elif rel == "best_effort":
+                hint = ("large best-effort images are sent in fragments and lost with any one of them (Fast DDS): "
+                        "use input_reliability reliable unless the camera only publishes best effort")
+            else:
+                hint = (f"the middleware keeps the newest {depth} per topic while the executor is busy: raise "
+                        "input_depth")
+            self._warn("lost", f"left images lost before the node's callback ({self.loss.lost} counted so far): "
+                       f"{why}; input QoS {rel}, depth {depth}: {hint}")
 
     def _warn(self, key: str, text: str, period: float = 5.0) -> None:
         now = time.monotonic()

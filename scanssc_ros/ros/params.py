@@ -113,9 +113,13 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "stay raw.", read_only=True, choices=("raw", "compressed")),
     ParamSpec("sync_tolerance", 0.02, "Max stamp difference (s) for pairing left/right/depth/camera_info messages.",
               min=0.0, max=1.0),
-    ParamSpec("input_reliability", "best_effort", "QoS reliability of the input subscriptions.", read_only=True,
-              choices=("best_effort", "reliable")),
-    ParamSpec("input_depth", 1, "QoS history depth of the input subscriptions.", read_only=True, min=1, max=100),
+    ParamSpec("input_reliability", "reliable", "QoS reliability of the input subscriptions. reliable: full-size "
+              "images arrive (best-effort ones are fragmented and lost on Fast DDS) but a best-effort publisher "
+              "(sensor-data QoS camera drivers, Gazebo) does not match; set best_effort for those.", read_only=True,
+              choices=("reliable", "best_effort")),
+    ParamSpec("input_depth", 5, "QoS history depth of the input subscriptions: messages kept per topic while the "
+              "executor is busy (the node itself always works on the newest frame).", read_only=True, min=1,
+              max=100),
     ParamSpec("max_rate", 0.0, "Max inference rate in Hz (0 = as fast as the model runs).", min=0.0, max=1000.0),
     # geometry
     ParamSpec("cam_from_grid", list(KITTI_CAM_FROM_GRID), "Row-major 4x4 transform from the voxel-grid frame "
