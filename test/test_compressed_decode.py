@@ -228,7 +228,7 @@ class Recorder:
         self.config = variant("tiny")
         self.inputs = []
 
-    def predict(self, image, K, T, stereo_depth=None):
+    def predict(self, image, K, T, stereo_depth=None, p_shift=None):
         from scanssc_ros.predictor import Prediction
 
         self.inputs.append((image.copy(), None if stereo_depth is None else stereo_depth.copy()))
