@@ -39,6 +39,7 @@ PARAM_ARGS = {
     "precision": ("precision", str),
     "depth_mode": ("depth_mode", str),
     "image_transport": ("image_transport", str),
+    "rectify_input": ("rectify_input", _flag),
     "input_reliability": ("input_reliability", str),
     "input_depth": ("input_depth", int),
     "variant": ("variant", str),

@@ -285,7 +285,7 @@ CASES = [
     Case("uncalibrated-camera-info", one(left_info=info(10.0, w=0, h=0)), {"rejected": 1},
          "left/camera_info: camera_info has zero image size 0x0: not calibrated"),
     Case("distorted-camera-info", one("mono", left_info=info(10.0, d=[-0.3, 0.1, 0, 0, 0])), {},
-         "left/camera_info has nonzero distortion coefficients", mode="mono", outputs=1),
+         "left/camera_info has distortion coefficients but its projection P is just K", mode="mono", outputs=1),
     # no camera_info: each frame waits for it (WAIT_LIMIT), then is dropped naming what was missing
     Case("no-camera-info",
          send_frames(4, 10.0, lambda p, t: send_set(p, "stereo", t, left_info=SKIP, right_info=SKIP)),

@@ -25,6 +25,7 @@ from scanssc_ros.ros.image_decode import (
     image_to_depth,
     image_to_rgb,
 )
+from scanssc_ros.ros.rectify import Rectifier, RectifyError
 
 MAX_PIXELS = 4096 * 4096  # larger images are refused before decoding (a corrupt size would exhaust memory)
 
@@ -39,7 +40,7 @@ class FrameResult:
     camera_frame: str
     prediction: Prediction
     timings: Dict[str, float] = field(default_factory=dict)  # ms: decode, depth_prior, inference
-    distorted: bool = False  # the left camera_info has nonzero distortion coefficients (the node does not undistort)
+    looks_unrectified: bool = False  # the left camera_info describes a raw, distorted image (CameraModel)
 
 
 def _cv_bridge_rgb() -> Optional[Callable[[Any], np.ndarray]]:
@@ -83,8 +84,9 @@ def _check_dims(w: int, h: int, topic: str) -> None:
 
 class FrameProcessor:
     def __init__(self, predictor: Any, cam_from_grid: np.ndarray, sgbm: SgbmParams = SgbmParams(),
-                 use_cv_bridge: bool = True) -> None:
+                 use_cv_bridge: bool = True, rectify: bool = False) -> None:
         self.predictor = predictor
+        self.rectifier = Rectifier() if rectify else None  # raw images in: undistort + rectify with camera_info
         self.cam_from_grid = np.asarray(cam_from_grid, np.float64).reshape(4, 4)
         self.sgbm = sgbm
         self._rgb = (_cv_bridge_rgb() if use_cv_bridge else None) or image_to_rgb
@@ -104,6 +106,15 @@ class FrameProcessor:
         return cam
 
     def rgb(self, msg: Any, topic: str, cam: CameraModel) -> np.ndarray:
+        rgb = self._decode_rgb(msg, topic, cam)
+        if self.rectifier is None:
+            return rgb
+        try:
+            return self.rectifier(rgb, cam)
+        except RectifyError as exc:
+            raise FrameError(f"{topic}: {exc}") from None
+
+    def _decode_rgb(self, msg: Any, topic: str, cam: CameraModel) -> np.ndarray:
         if is_compressed(msg):
             return self._compressed_rgb(msg, topic + "/compressed", cam)
         _check_size(msg, topic)
@@ -186,4 +197,4 @@ class FrameProcessor:
             raise FrameError(f"rejected by the predictor: {exc}") from None
         timings["inference"] = (time.perf_counter() - t2) * 1e3
         return FrameResult(stamp=fs.left.header.stamp, camera_frame=cam.frame_id or str(fs.left.header.frame_id),
-                           prediction=prediction, timings=timings, distorted=cam.distorted)
+                           prediction=prediction, timings=timings, looks_unrectified=cam.looks_unrectified)

@@ -15,7 +15,7 @@ Depth convention: metres as float32 with **0.0 marking invalid pixels** for both
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -161,7 +161,17 @@ class CameraModel:
     width: int
     height: int
     frame_id: str
-    distorted: bool  # any nonzero distortion coefficient: the image must be rectified before use
+    distorted: bool  # any nonzero distortion coefficient (D describes the raw image)
+    K_raw: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))  # CameraInfo.k: the raw sensor image
+    D: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    distortion_model: str = ""
+
+    @property
+    def looks_unrectified(self) -> bool:
+        """Distortion coefficients while the projection is just K (or empty): a camera_info like that does not
+        describe a rectified image, so the images on this topic are probably raw."""
+        return self.distorted and np.allclose(self.K_raw, self.K)
 
     @property
     def p_shift(self) -> np.ndarray:
@@ -198,4 +208,7 @@ def camera_info_to_intrinsics(msg: Any) -> CameraModel:
         P = np.hstack([K, np.zeros((3, 1))])
     header = getattr(msg, "header", None)
     frame_id = str(getattr(header, "frame_id", "")) if header is not None else ""
-    return CameraModel(K=K, P=P, width=width, height=height, frame_id=frame_id, distorted=bool(np.any(d != 0)))
+    r = _numbers(getattr(msg, "r", None) if getattr(msg, "r", None) is not None else np.eye(3), "r")
+    R = r.reshape(3, 3) if r.size == 9 else np.eye(3)
+    return CameraModel(K=K, P=P, width=width, height=height, frame_id=frame_id, distorted=bool(np.any(d != 0)),
+                       K_raw=k.reshape(3, 3), D=d, R=R, distortion_model=str(getattr(msg, "distortion_model", "")))

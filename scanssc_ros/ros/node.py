@@ -104,7 +104,7 @@ class ScanSSCNode(Node):
             raise StartupError(f"no label set has {cfg.num_classes} classes")
         self.grid = cfg.grid
         T = np.asarray(self.params["cam_from_grid"], np.float64).reshape(4, 4)
-        self.processor = FrameProcessor(self.predictor, T)
+        self.processor = FrameProcessor(self.predictor, T, rectify=self.params["rectify_input"])
         self.outputs = OutputBuilder(self.grid, self.label_set, T)
         self.placement = Placement(T, self.params["base_frame"],
                                    np.asarray(self.params["grid_in_base"], np.float64).reshape(4, 4),
@@ -408,10 +408,10 @@ class ScanSSCNode(Node):
             self.drops.add("rejected")
             self._warn(f"frame:{str(exc)[:40]}", f"frame skipped: {exc}")
             return
-        if result.distorted:
-            self._warn("distorted", "left/camera_info has nonzero distortion coefficients: the node does not "
-                       "undistort, so left/image_rect must already be rectified (intrinsics are taken from K)",
-                       period=60.0)
+        if result.looks_unrectified and not self.params["rectify_input"]:
+            self._warn("distorted", "left/camera_info has distortion coefficients but its projection P is just K: "
+                       "it describes a raw, distorted image. If the images are raw, set rectify_input: true (or "
+                       "rectify them with image_proc); the model is given P[:3, :3]", period=60.0)
         with self._lock:
             opts = self.output_opts
         wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.pubs.items()}

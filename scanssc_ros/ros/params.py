@@ -111,6 +111,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "(sensor_msgs/Image on left/image_rect, right/image_rect) or compressed (sensor_msgs/CompressedImage, "
               "JPEG or PNG, on <image topic>/compressed: remap the base topic, e.g. left/image_rect). Depth images "
               "stay raw.", read_only=True, choices=("raw", "compressed")),
+    ParamSpec("rectify_input", False, "The input images are raw (image_raw): undistort and rectify them with their "
+              "camera_info's K, D, R and P (OpenCV; plumb_bob, rational_polynomial, equidistant) before use. false: "
+              "they are already rectified (image_rect) and D is not used.", read_only=True),
     ParamSpec("sync_tolerance", 0.02, "Max stamp difference (s) for pairing left/right/depth/camera_info messages.",
               min=0.0, max=1.0),
     ParamSpec("input_reliability", "reliable", "QoS reliability of the input subscriptions. reliable: full-size "
