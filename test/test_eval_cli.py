@@ -39,6 +39,7 @@ def test_checkpoint_eval_export_and_read_back(fake_kitti, tiny_checkpoint, tmp_p
     mapping = results["label_mapping"]
     assert mapping["voxel"] == "completion" and mapping["ignored_raw_ids"] == [1, 52, 99]
     assert mapping["target_source"] == "auto" and mapping["label_config"].endswith("semantic-kitti.yaml")
+    assert results["target_sources"] == {"voxel_label": 2}  # what "auto" resolved to, frame by frame
     assert (out / "distance.png").stat().st_size > 10_000
     labels = sorted((out / "predictions" / "sequences" / "08" / "predictions").glob("*.label"))
     assert [p.name for p in labels] == ["000000.label", "000001.label"]

@@ -124,7 +124,19 @@ def run_lockstep(probe: Probe, node, frames, extra=None):
     return stamps
 
 
-def check_outputs(probe: Probe, stamps, frame_id: str) -> None:
+def unseen_mask(kitti_seq: Path) -> np.ndarray:
+    """Voxels whose centre does not project into the 1226x370 left image with the node's shipped placement."""
+    from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, project_points, read_kitti_calib, voxel_centers
+    from scanssc_ros.ros.params import KITTI_CAM_FROM_GRID
+
+    K = read_kitti_calib(kitti_seq / "calib.txt")["P2"][:, :3]
+    T = np.asarray(KITTI_CAM_FROM_GRID, np.float64).reshape(4, 4)
+    uv, d = project_points(voxel_centers().reshape(-1, 3).astype(np.float64), K, T)
+    seen = (d > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < 1226) & (uv[:, 1] >= 0) & (uv[:, 1] < 370)
+    return ~seen.reshape(SEMANTIC_KITTI_GRID.dims)
+
+
+def check_outputs(probe: Probe, stamps, frame_id: str, unseen=None) -> None:
     from scanssc_ros.ros.voxel_encode import surface_mask
 
     for key, msgs in probe.got.items():
@@ -137,9 +149,11 @@ def check_outputs(probe: Probe, stamps, frame_id: str) -> None:
         assert (g.size_x, g.size_y, g.size_z) == (256, 256, 32) and len(g.labels) == 256 * 256 * 32
         labels = np.frombuffer(bytes(g.labels), np.uint8).reshape(256, 256, 32)
         same_voxels(g, markers, cloud, list(g.class_names), expected=surface_mask(labels))
+        if unseen is not None:  # shipped default mark_unseen: out of view is unknown, and never drawn
+            assert np.array_equal(labels == 255, unseen)
 
 
-def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags, tmp_path):
+def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags, kitti_seq, tmp_path):
     name = f"e2e_stereo_{os.getpid()}"
     node = start_node(name, tmp_path, depth_mode="stereo", output_frame="scanssc_grid")
     probe = Probe(ros_context, name)
@@ -148,7 +162,9 @@ def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags, tmp_path):
         probe.ready(topics, node)
         stamps = run_lockstep(probe, node, frames_of(bags["mcap"], topics))
         assert len(stamps) == 10
-        check_outputs(probe, stamps, "scanssc_grid")
+        unseen = unseen_mask(kitti_seq)
+        assert 0.3 < unseen.mean() < 0.8
+        check_outputs(probe, stamps, "scanssc_grid", unseen)
         for v in probe.got.values():
             v.clear()
         # the sqlite3 bag replays the first frames again: the node follows time going back

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scanssc_ros.data.label_scale import upsample_labels
-from scanssc_ros.data.sample import SscBatch
+from scanssc_ros.data.sample import TARGET_SOURCES, SscBatch
 from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec
 from scanssc_ros.metrics import AXES, SSCMetrics, format_slab_rows
 from scanssc_ros.model.scanssc import ModelInputs
@@ -62,7 +62,11 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, num_classes
     metrics summed over ranks. The model is left in eval mode."""
     model.eval()
     metrics = SSCMetrics(num_classes, distance_analysis=True, grid=grid)
+    # "auto" resolves per frame (voxel labels, preprocessed, sparse): the report says what was actually scored
+    sources = np.zeros(len(TARGET_SOURCES), np.int64)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        for src in batch.target_source:
+            sources[TARGET_SOURCES.index(src)] += 1
         if batch.target is None:
             raise ValueError(f"frame {batch.sequence[0]}/{batch.frame_id[0]} has no ground truth to evaluate")
         batch = batch.to(ctx.device)
@@ -74,7 +78,10 @@ def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, num_classes
             pred_np = pred.cpu().numpy()
             for i in range(pred_np.shape[0]):
                 on_prediction(batch.sequence[i], batch.frame_id[i], pred_np[i])
-    return reduce_metrics(metrics, ctx)
+    metrics = reduce_metrics(metrics, ctx)
+    sources = all_reduce_array(sources, ctx)
+    metrics.target_sources = {name: int(n) for name, n in zip(TARGET_SOURCES, sources) if n}
+    return metrics
 
 
 def metrics_report(metrics: SSCMetrics, class_names: Sequence[str]) -> Dict[str, Any]:
@@ -90,6 +97,8 @@ def metrics_report(metrics: SSCMetrics, class_names: Sequence[str]) -> Dict[str,
         "miou": num(s["miou"]),
         "class_iou": {name: float(v) for name, v in zip(class_names, s["class_iou"])},
     }
+    if getattr(metrics, "target_sources", None):
+        report["target_sources"] = dict(metrics.target_sources)  # frames scored per ground-truth source
     if metrics.axis_confusion:
         slabs: List[Dict[str, Any]] = format_slab_rows(metrics)
         report["distance"] = [{k: (num(v) if isinstance(v, float) else v) for k, v in row.items()} for row in slabs]
