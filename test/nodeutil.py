@@ -205,6 +205,15 @@ class Graph:
         self._thread.join(5.0)
 
 
+def close_graphs(made) -> None:
+    """Tear down (node, probe, graph) triples made by a test fixture: stop the worker, then the executor."""
+    for node, probe, graph in made:
+        node.close()
+        graph.close()
+        node.destroy_node()
+        probe.node.destroy_node()
+
+
 def wait_for(cond: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

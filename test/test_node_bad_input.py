@@ -31,6 +31,7 @@ from nodeutil import (  # noqa: E402
     H,
     Probe,
     W,
+    close_graphs,
     image_msg,
     info_msg,
     make_node,
@@ -392,11 +393,7 @@ def graph_factory(ros_context):
         return node, probe
 
     yield make
-    for node, probe, graph in made:
-        node.close()
-        graph.close()
-        node.destroy_node()
-        probe.node.destroy_node()
+    close_graphs(made)
 
 
 def _connected(node: Any, probe: Probe, mode: str, transport: str = "raw") -> bool:

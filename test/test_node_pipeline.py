@@ -22,6 +22,7 @@ from nodeutil import (  # noqa: E402
     FakePredictor,
     Graph,
     Probe,
+    close_graphs,
     image_msg,
     info_msg,
     make_node,
@@ -44,11 +45,7 @@ def graph_factory(ros_context):
         return node, probe
 
     yield make
-    for node, probe, graph in made:
-        node.close()
-        graph.close()
-        node.destroy_node()
-        probe.node.destroy_node()
+    close_graphs(made)
 
 
 def test_stereo_frames_give_one_output_each_with_input_stamp(graph_factory):

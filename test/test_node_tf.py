@@ -11,7 +11,8 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
 pytest.importorskip("tf2_msgs.msg", reason="tf2_msgs not built (run `make setup`)")
 
-from nodeutil import P_LEFT, FakePredictor, Graph, Probe, image_msg, info_msg, make_node, textured_pair, wait_for  # noqa: E402, I001
+from nodeutil import (  # noqa: E402, I001
+    P_LEFT, FakePredictor, Graph, Probe, close_graphs, image_msg, info_msg, make_node, textured_pair, wait_for)
 
 from scanssc_ros.geometry import quaternion_to_rotation, rotation_to_quaternion  # noqa: E402
 
@@ -76,11 +77,7 @@ def tf_graph(ros_context):
         return node, probe, pubs, TFMessage
 
     yield make
-    for node, probe, graph in made:
-        node.close()
-        graph.close()
-        node.destroy_node()
-        probe.node.destroy_node()
+    close_graphs(made)
 
 
 def _send(probe, t: float) -> None:
