@@ -141,10 +141,12 @@ class Probe:
         self.node = Node("pipeline_probe", context=ctx)
         self.node_name = node_name
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.got = {"grid": [], "markers": [], "cloud": [], "diag": []}
+        from nav_msgs.msg import OccupancyGrid
+
+        self.got = {"grid": [], "markers": [], "cloud": [], "occupancy": [], "diag": []}
         self.logs: List = []
         for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud")):
+                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy")):
             self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, qos)
         self.node.create_subscription(Log, "/rosout", self._on_log, QoSProfile(depth=100))

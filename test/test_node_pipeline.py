@@ -263,3 +263,22 @@ def test_lockstep_player_sends_a_dropped_frame_again(ros_context, graph_factory)
     assert grid.header.stamp.sec == 70
     assert [r["why"] for r in player.resends] == ["the node dropped it (disabled=1)"], player.resends
     assert said == ["[lockstep] the node dropped it (disabled=1): sending the frame again (1/2)"]
+
+
+def test_occupancy_grid_for_planners(graph_factory):
+    node, probe = graph_factory(FakePredictor(), depth_mode="mono", output_frame="scanssc_grid")
+    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs["occupancy"].get_subscription_count(),
+                    10.0)
+    left, _ = textured_pair(0)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 7.0))
+    probe.pub["left/image_rect"].publish(image_msg(left, 7.0))
+    assert wait_for(lambda: probe.got["occupancy"] and probe.got["grid"], 30.0), node.drops.snapshot()
+    occ = probe.got["occupancy"][0]
+    assert occ.header.frame_id == "scanssc_grid" and (occ.header.stamp.sec, occ.header.stamp.nanosec) == (7, 0)
+    assert (occ.info.width, occ.info.height) == (64, 64) and occ.info.resolution == pytest.approx(0.8)
+    assert (occ.info.origin.position.x, occ.info.origin.position.y, occ.info.origin.position.z) == \
+        pytest.approx((0.0, -25.6, -1.73))
+    cells = np.asarray(occ.data, np.int8).reshape(64, 64).T  # back to (x, y)
+    # the stand-in scene: road everywhere, a car at x 10-19 / y 20-29 and a building at x 40-59 / y 50-63
+    assert cells[15, 25] == 100 and cells[50, 55] == 100 and cells[0, 0] == 0 and cells[30, 5] == 0
+    assert set(np.unique(cells)) == {0, 100}

@@ -21,6 +21,26 @@ def grid_origin_matrix(grid: GridSpec, T_out_grid: np.ndarray) -> np.ndarray:
     return np.asarray(T_out_grid, np.float64) @ corner
 
 
+def to_occupancy_message(cells: np.ndarray, grid: GridSpec, header: Any, T_out_grid: np.ndarray, cell_size: float,
+                         ground_z: float) -> Any:
+    """(X, Y) int8 cells (scanssc_ros.occupancy) -> nav_msgs/OccupancyGrid. The map lies in the grid's x-y plane at
+    the default ground height; its origin is the grid's min corner, posed in the output frame like the grid."""
+    from nav_msgs.msg import OccupancyGrid
+
+    from scanssc_ros.occupancy import occupancy_data
+
+    msg = OccupancyGrid()
+    msg.header = header
+    msg.info.map_load_time = header.stamp
+    msg.info.resolution = float(cell_size)
+    msg.info.width, msg.info.height = int(cells.shape[0]), int(cells.shape[1])
+    corner = np.eye(4)
+    corner[:3, 3] = (grid.origin[0], grid.origin[1], ground_z)
+    msg.info.origin = pose_from_matrix(np.asarray(T_out_grid, np.float64) @ corner)
+    msg.data = array.array("b", occupancy_data(cells).astype(np.int8).tobytes())
+    return msg
+
+
 def class_colors(label_set: LabelSet) -> list:
     # float32 values, as ColorRGBA stores them, so received colours compare equal to the table
     rgb = np.asarray(label_set.colors_rgb, np.float32) / np.float32(255.0)

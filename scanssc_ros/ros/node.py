@@ -173,11 +173,30 @@ class ScanSSCNode(Node):
             class_filter = parse_class_filter(p["class_filter"], self.label_set)
         except ValueError as exc:
             raise ParameterError(str(exc)) from None
+        occupancy_rule = None
+        if p["publish_occupancy"]:
+            from scanssc_ros.occupancy import OccupancyRule
+
+            names = [n.strip() for n in p["occupancy_traversable"].split(",") if n.strip()]
+            if p["occupancy_min_height"] >= p["occupancy_max_height"]:
+                raise ParameterError(f"occupancy_min_height {p['occupancy_min_height']} must be below "
+                                     f"occupancy_max_height {p['occupancy_max_height']}")
+            if any(d % p["occupancy_cell_voxels"] for d in self.grid.dims[:2]):
+                raise ParameterError(f"occupancy_cell_voxels {p['occupancy_cell_voxels']} does not divide the grid "
+                                     f"{self.grid.dims[0]}x{self.grid.dims[1]}")
+            try:
+                occupancy_rule = OccupancyRule.from_names(
+                    names, self.label_set.classes, band=(p["occupancy_min_height"], p["occupancy_max_height"]),
+                    ground_z=p["occupancy_ground_z"], factor=p["occupancy_cell_voxels"],
+                    use_confidence=p["occupancy_use_confidence"])
+            except ValueError as exc:
+                raise ParameterError(str(exc)) from None
         return OutputOptions(
             output_frame=p["output_frame"], grid_frame=p["grid_frame"], publish_grid=p["publish_grid"],
             publish_markers=p["publish_markers"], publish_cloud=p["publish_cloud"],
             confidence_threshold=p["confidence_threshold"], class_filter=class_filter,
-            surface_only=p["surface_only"], max_voxels=p["max_voxels"], marker_lifetime=p["marker_lifetime"])
+            surface_only=p["surface_only"], max_voxels=p["max_voxels"], marker_lifetime=p["marker_lifetime"],
+            occupancy=occupancy_rule)
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
         updated = dict(self.params)
@@ -227,6 +246,12 @@ class ScanSSCNode(Node):
             "markers": self.create_publisher(MarkerArray, "~/voxel_markers", qos),
             "cloud": self.create_publisher(PointCloud2, "~/voxel_cloud", qos),
         }
+        try:
+            from nav_msgs.msg import OccupancyGrid
+        except ImportError:
+            self.get_logger().warning("nav_msgs is not installed: no ~/occupancy")
+        else:
+            self.pubs["occupancy"] = self.create_publisher(OccupancyGrid, "~/occupancy", qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", _qos("reliable", 10))
         self.tf_pub = None
         if self.params["publish_tf"]:
@@ -415,6 +440,7 @@ class ScanSSCNode(Node):
         with self._lock:
             opts = self.output_opts
         wanted = {name: pub.get_subscription_count() > 0 for name, pub in self.pubs.items()}
+        wanted.setdefault("occupancy", False)  # no publisher (nav_msgs missing): never build it
         pred = result.prediction
         try:
             frame_pose = self.placement.output_pose(opts.output_frame, result.camera_frame, cam_from_grid, t_ns)

@@ -12,7 +12,8 @@ from std_msgs.msg import Header
 
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.labels import LabelSet
-from scanssc_ros.ros.grid_message import class_colors, to_grid_message
+from scanssc_ros.occupancy import OccupancyRule, occupancy
+from scanssc_ros.ros.grid_message import class_colors, to_grid_message, to_occupancy_message
 from scanssc_ros.ros.marker_cdr import cdr_self_check, marker_array_cdr
 from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
 
@@ -50,6 +51,7 @@ class OutputOptions:
     surface_only: bool = True
     max_voxels: int = 200000  # 0 = no limit
     marker_lifetime: float = 1.0
+    occupancy: Optional[OccupancyRule] = None  # None: no ~/occupancy
 
 
 class OutputFrameError(ValueError):
@@ -104,6 +106,13 @@ class OutputBuilder:
             msgs["grid"] = to_grid_message(labels, self.grid, header, self.label_set, T, confidence,
                                            colors=self._colors_msg)
             times["encode_grid"] = (time.perf_counter() - t) * 1e3
+        if opts.occupancy is not None and wanted.get("occupancy", True):
+            t = time.perf_counter()
+            cells = occupancy(labels, self.grid, opts.occupancy, confidence)
+            msgs["occupancy"] = to_occupancy_message(cells, self.grid, header, T,
+                                                     self.grid.voxel_size * opts.occupancy.factor,
+                                                     opts.occupancy.ground_z)
+            times["encode_occupancy"] = (time.perf_counter() - t) * 1e3
         need_markers = opts.publish_markers and wanted.get("markers", True)
         need_cloud = opts.publish_cloud and wanted.get("cloud", True)
         if need_markers or need_cloud:

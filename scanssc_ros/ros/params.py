@@ -145,6 +145,20 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("publish_grid", True, "Publish ~/voxels (scanssc_ros/SemanticVoxelGrid)."),
     ParamSpec("publish_markers", True, "Publish ~/voxel_markers (visualization_msgs/MarkerArray)."),
     ParamSpec("publish_cloud", True, "Publish ~/voxel_cloud (sensor_msgs/PointCloud2)."),
+    ParamSpec("publish_occupancy", True, "Publish ~/occupancy (nav_msgs/OccupancyGrid, bird's-eye: 100 obstacle in "
+              "the height band, 0 traversable ground, -1 unknown) for Nav2 and other planners."),
+    ParamSpec("occupancy_traversable", "road,parking,sidewalk,other-ground,terrain", "Comma-separated classes "
+              "that are free ground in ~/occupancy; every other occupied class is an obstacle."),
+    ParamSpec("occupancy_min_height", 0.1, "Obstacles count from this height above the ground (m; lower: kerbs, "
+              "flat debris).", min=0.0, max=6.4),
+    ParamSpec("occupancy_max_height", 2.0, "Obstacles count up to this height above the ground (m; higher: tree "
+              "canopies, bridges the robot passes under).", min=0.0, max=6.4),
+    ParamSpec("occupancy_ground_z", -1.73, "Ground height in the grid frame (m) for columns without visible ground "
+              "(KITTI: the LiDAR is 1.73 m above the road).", min=-100.0, max=100.0),
+    ParamSpec("occupancy_cell_voxels", 1, "Voxel columns per occupancy cell side (1: 0.2 m cells; 2: 0.4 m ...); "
+              "must divide the grid.", min=1, max=64),
+    ParamSpec("occupancy_use_confidence", False, "Occupied cells hold round(100 x confidence) instead of 100 (for "
+              "a costmap that scales costs; Nav2's default trinary StaticLayer wants 100)."),
     ParamSpec("publish_diagnostics", True, "Publish /diagnostics (diagnostic_msgs/DiagnosticArray)."),
     ParamSpec("output_reliability", "reliable", "QoS reliability of the outputs.", read_only=True,
               choices=("reliable", "best_effort")),
