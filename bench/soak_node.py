@@ -42,13 +42,14 @@ class OutputWatch:
     """Subscribes to the node's outputs and keeps only counts and stamps (storing messages would itself grow)."""
 
     def __init__(self, node: Any, expected_labels: np.ndarray, node_name: str = "scanssc_node") -> None:
+        from nav_msgs.msg import OccupancyGrid
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from scanssc_ros.msg import SemanticVoxelGrid
         from sensor_msgs.msg import PointCloud2
         from visualization_msgs.msg import MarkerArray
 
         self.expected = expected_labels.tobytes()
-        self.count = {"grid": 0, "markers": 0, "cloud": 0}
+        self.count = {"grid": 0, "markers": 0, "cloud": 0, "occupancy": 0}
         self.last: Dict[str, int] = {}
         self.seen: Dict[str, set] = {k: set() for k in self.count}
         self.repeated = 0  # a stamp published twice on one output
@@ -56,7 +57,7 @@ class OutputWatch:
         self.wrong_labels = 0
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud")):
+                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy")):
             node.create_subscription(typ, f"/{node_name}/{topic}", lambda m, k=key: self._on(k, m), qos)
 
     def _on(self, key: str, msg: Any) -> None:
