@@ -179,9 +179,16 @@ def test_images_missing_from_the_stream_are_counted_lost_and_reported(graph_fact
     assert wait_for(lambda: node.drops.snapshot().get("lost_before_callback") == 3, 5.0), node.drops.snapshot()
     assert wait_for(lambda: node.drops.snapshot().get("lost_before_callback") == 4, WAIT_LIMIT + 2.0), \
         node.drops.snapshot()
-    assert wait_for(lambda: len(probe.got["grid"]) == 8 and not node.slot.pending, 5.0)
-    assert node.drops.snapshot() == {"lost_before_callback": 4}
-    assert probe.stamps("grid") == pytest.approx([300.0 + 0.1 * i for i in range(12) if i not in missing])
+    # the 8 received frames are published, or superseded when a loaded machine makes the worker slower than 10 Hz
+    superseded = lambda: node.drops.snapshot().get("superseded", 0)  # noqa: E731
+    assert wait_for(lambda: len(probe.got["grid"]) + superseded() == 8 and not node.slot.pending, 5.0)
+    drops = node.drops.snapshot()
+    assert drops.pop("lost_before_callback") == 4 and set(drops) <= {"superseded"}
+    received = [300.0 + 0.1 * i for i in range(12) if i not in missing]
+    assert set(np.round(probe.stamps("grid"), 6)) <= set(np.round(received, 6))
+    # in order, and the newest received frame is never superseded (nothing newer arrives)
+    stamps = probe.stamps("grid")
+    assert stamps == sorted(stamps) and stamps[-1] == pytest.approx(received[-1])
     assert wait_for(lambda: probe.diag_value("dropped/lost_before_callback") == "4", 3.0)
     assert wait_for(lambda: probe.logged("left images lost before the node's callback"), 3.0)
     line = next(m.msg for m in probe.logs if "lost before the node's callback" in m.msg)
