@@ -42,7 +42,7 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise ValueError(f"{path} is not a readable scanssc_ros checkpoint ({type(e).__name__}: "
-                         f"{_load_error_reason(e)})") from e
+                         f"{load_error_reason(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a scanssc_ros checkpoint (format {fmt!r}, expected {FORMAT!r})")
@@ -52,7 +52,7 @@ def read(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict
     return payload
 
 
-def _load_error_reason(exc: BaseException, limit: int = 160) -> str:
+def load_error_reason(exc: BaseException, limit: int = 160) -> str:
     """One short line from torch.load's error. Its unpickling errors span many lines and advise
     ``weights_only=False`` (arbitrary code execution), which is never the fix for a corrupt file."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Set, Tuple, Union
 
 import torch
 
+from scanssc_ros.checkpoint import load_error_reason
+
 PathLike = Union[str, Path]
 
 _TORCH_REBUILDERS = {"_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
@@ -94,12 +96,12 @@ def load_untrusted(path: PathLike) -> Tuple[Any, List[str]]:
     except pickle.UnpicklingError:
         pass  # globals outside the weights-only allow-list: read again with placeholders below
     except Exception as exc:  # noqa: BLE001 - garbage input fails in many ways inside the unpickler
-        raise ValueError(f"{path} is not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise _unreadable(path, exc) from None
     _RestrictedUnpickler.skipped = set()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
     except Exception as exc:  # noqa: BLE001 - any failure of a hostile or corrupt file is "unreadable"
-        raise ValueError(f"{path} is not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise _unreadable(path, exc) from None
     return obj, sorted(_RestrictedUnpickler.skipped)
 
 
@@ -114,7 +116,5 @@ def tensor_dict(obj: Any, source: str) -> Dict[str, torch.Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else f"{type(exc).__name__}: empty or truncated file"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    return ValueError(f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {load_error_reason(exc)})")

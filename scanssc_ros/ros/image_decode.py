@@ -208,7 +208,8 @@ def camera_info_to_intrinsics(msg: Any) -> CameraModel:
         P = np.hstack([K, np.zeros((3, 1))])
     header = getattr(msg, "header", None)
     frame_id = str(getattr(header, "frame_id", "")) if header is not None else ""
-    r = _numbers(getattr(msg, "r", None) if getattr(msg, "r", None) is not None else np.eye(3), "r")
+    r = getattr(msg, "r", None)
+    r = _numbers(np.eye(3) if r is None else r, "r")
     R = r.reshape(3, 3) if r.size == 9 else np.eye(3)
     return CameraModel(K=K, P=P, width=width, height=height, frame_id=frame_id, distorted=bool(np.any(d != 0)),
                        K_raw=k.reshape(3, 3), D=d, R=R, distortion_model=str(getattr(msg, "distortion_model", "")))
