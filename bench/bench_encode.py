@@ -26,7 +26,14 @@ from std_msgs.msg import Header
 
 from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, GridSpec, quaternion_to_rotation, voxel_center_of_flat
 from scanssc_ros.labels import SEMANTIC_KITTI
-from scanssc_ros.occupancy import DEFAULT_TRAVERSABLE, OccupancyRule, occupancy
+from scanssc_ros.occupancy import (
+    DEFAULT_TRAVERSABLE,
+    GroundColumns,
+    ObstacleFilter,
+    OccupancyRule,
+    obstacle_voxels,
+    occupancy,
+)
 from scanssc_ros.ros.grid_message import to_grid_message
 from scanssc_ros.ros.marker_cdr import marker_array_cdr
 from scanssc_ros.ros.outputs import OutputBuilder, OutputOptions
@@ -138,7 +145,10 @@ def bench_size(n: int, reps: int, grid: GridSpec) -> Dict[str, Dict[str, float]]
     # the node's defaults include ~/occupancy (bird's-eye grid for planners)
     rule = OccupancyRule.from_names(DEFAULT_TRAVERSABLE, SEMANTIC_KITTI.classes)
     out["occupancy_build"] = timed(lambda: occupancy(labels, grid, rule, conf), reps)
-    opts = OutputOptions(surface_only=False, max_voxels=0, occupancy=rule)
+    cols = GroundColumns(labels, grid, rule.traversable, rule.ground_z)
+    out["obstacles_select"] = timed(lambda: obstacle_voxels(labels, grid, rule, rule.band, columns=cols), reps)
+    # ... and ~/obstacles (obstacle voxels in the band above the ground, sharing the occupancy's column masks)
+    opts = OutputOptions(surface_only=False, max_voxels=0, occupancy=rule, obstacles=ObstacleFilter(rule))
 
     def all_outputs():
         msgs, _ = builder.build(labels, conf, header.stamp, "camera", opts)

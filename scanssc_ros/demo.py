@@ -47,7 +47,9 @@ def _install_executable() -> Path:
 
 
 def _grid_labels(msg) -> np.ndarray:
-    return np.frombuffer(bytes(msg.labels), np.uint8).reshape(msg.size_x, msg.size_y, msg.size_z).copy()
+    from scanssc_ros.grid_codec import decode_grid
+
+    return decode_grid(msg)[0]
 
 
 def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, targets, label_set) -> SourceResult:

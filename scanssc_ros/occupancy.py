@@ -1,4 +1,5 @@
-"""Bird's-eye occupancy for planners (Nav2's OccupancyGrid convention) from a semantic voxel grid. No ROS.
+"""Bird's-eye occupancy for planners (Nav2's OccupancyGrid convention) and obstacle voxels for 3D costmaps, from a
+semantic voxel grid. No ROS.
 
 Per column (x, y) of the grid, with "ground" the top of the column's highest traversable voxel (road, parking,
 sidewalk, ...), or ``ground_z`` (grid frame, metres) when the column shows no traversable voxel:
@@ -10,7 +11,8 @@ sidewalk, ...), or ``ground_z`` (grid frame, metres) when the column shows no tr
 - unknown (-1): anything else (columns the camera never saw, or with no evidence of ground).
 
 A coarser output (``factor`` > 1 voxels per cell) keeps the most cautious value of each block: occupied if any
-voxel column is, else free if any is, else unknown.
+voxel column is, else free if any is, else unknown. ``obstacle_voxels`` lists the voxels behind occupied cells, with
+a band and class list of their own. Columns are handled as 64-bit layer masks, so grids are limited to 64 layers.
 """
 from __future__ import annotations
 
@@ -42,41 +44,131 @@ class OccupancyRule:
         return cls(traversable=frozenset(classes.index(n) for n in names), **kwargs)
 
 
-def occupancy(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule,
-              confidence: Optional[np.ndarray] = None) -> np.ndarray:
-    """(X, Y, Z) uint8 labels -> (X / factor, Y / factor) int8 cells in {-1, 0, 1..100}."""
+@dataclass(frozen=True)
+class ObstacleFilter:
+    """Which voxels go into the obstacle cloud: ``ground`` gives the traversable classes and the default ground
+    (shared with the occupancy grid), ``band`` the heights above the ground, ``classes`` the obstacle classes
+    (None: every class that is not traversable)."""
+    ground: OccupancyRule
+    band: Tuple[float, float] = (0.1, 2.0)
+    classes: Optional[FrozenSet[int]] = None
+
+
+class GroundColumns:
+    """What every bird's-eye output needs of a grid, per column: traversable and obstacle layers as bits (layer z
+    = bit z) and the highest traversable layer. Two dense passes over the voxels; everything after is per column,
+    so the occupancy grid and the obstacle cloud share one of these per frame."""
+
+    def __init__(self, labels: np.ndarray, grid: GridSpec, traversable: FrozenSet[int], ground_z: float) -> None:
+        X, Y, Z = labels.shape
+        if Z > 64:
+            raise ValueError(f"bird's-eye outputs pack a column's layers into 64 bits; this grid has {Z} layers")
+        self.shape, self.grid, self.ground_z, self.traversable = (X, Y, Z), grid, ground_z, frozenset(traversable)
+        cols = np.ascontiguousarray(labels).reshape(X * Y, Z)
+        # one SIMD comparison per traversable class is ~5x cheaper than a 256-entry lookup over 2 M voxels
+        trav = np.zeros(cols.shape, bool)
+        for c in sorted(traversable):
+            trav |= cols == c
+        obst = (cols != EMPTY) & (cols != IGNORE) & ~trav
+        self.trav_bits, self.obst_bits = column_bits(trav), column_bits(obst)
+        self.top = highest_bit(self.trav_bits)
+
+    @property
+    def has_ground(self) -> np.ndarray:
+        return self.top >= 0
+
+    def band_bits(self, band: Tuple[float, float]) -> np.ndarray:
+        """Per column, the layers whose bottom face lies within ``band`` above the ground: the top face of the
+        highest traversable layer, or ``ground_z`` where the column shows none."""
+        vs, z0 = self.grid.voxel_size, self.grid.origin[2]
+        ground = np.where(self.has_ground, z0 + (self.top + 1) * vs, self.ground_z)
+        k_lo = np.ceil((ground + band[0] - z0) / vs - 1e-6).astype(np.int64)
+        k_hi = np.floor((ground + band[1] - z0) / vs + 1e-6).astype(np.int64)
+        return _range_bits(k_lo, k_hi)
+
+    def layers(self, bits: np.ndarray) -> np.ndarray:
+        """(n,) bit sets -> (n, Z) bool."""
+        return ((bits[:, None] >> np.arange(self.shape[2], dtype=np.uint64)) & np.uint64(1)).astype(bool)
+
+
+def occupancy(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule, confidence: Optional[np.ndarray] = None,
+              columns: Optional[GroundColumns] = None) -> np.ndarray:
+    """(X, Y, Z) uint8 labels -> (X / factor, Y / factor) int8 cells in {-1, 0, 1..100}. ``columns`` may pass the
+    frame's GroundColumns (built with this rule's traversable classes and ground_z)."""
     X, Y, Z = labels.shape
-    vs, z0 = grid.voxel_size, grid.origin[2]
-    trav = np.zeros(256, bool)
-    trav[list(rule.traversable)] = True
-    obst = ~trav
-    obst[[EMPTY, IGNORE]] = False
-    is_trav = trav[labels]
-    # ground: top face of the highest traversable voxel of the column
-    top = Z - 1 - np.argmax(is_trav[:, :, ::-1], axis=2)
-    has_ground = is_trav.any(axis=2)
-    ground = np.where(has_ground, z0 + (top + 1) * vs, rule.ground_z)
-    # layers whose bottom face lies in the band, as an index range per column (no float height per voxel)
-    k_lo = np.ceil((ground + rule.band[0] - z0) / vs - 1e-6).astype(np.int16)
-    k_hi = np.floor((ground + rule.band[1] - z0) / vs + 1e-6).astype(np.int16)
-    k = np.arange(Z, dtype=np.int16)
-    in_band = obst[labels] & (k >= k_lo[:, :, None]) & (k <= k_hi[:, :, None])
-    occupied = in_band.any(axis=2)
-    out = np.full((X, Y), UNKNOWN, np.int16)
-    out[has_ground] = FREE
+    f = rule.factor
+    if f > 1 and (X % f or Y % f):
+        raise ValueError(f"occupancy factor {f} does not divide the grid {X}x{Y}")
+    cols = columns or GroundColumns(labels, grid, rule.traversable, rule.ground_z)
+    hit = cols.obst_bits & cols.band_bits(rule.band)
+    occupied = hit != 0
+    out = np.full(X * Y, UNKNOWN, np.int16)
+    out[cols.has_ground] = FREE
     if rule.use_confidence and confidence is not None:
-        conf = np.where(in_band, confidence, 0).max(axis=2).astype(np.int32)
-        out[occupied] = np.clip(np.rint(conf[occupied] * 100.0 / 255.0), 1, 100)
+        idx = np.flatnonzero(occupied)
+        conf = np.ascontiguousarray(confidence).reshape(X * Y, Z)[idx]
+        best = np.where(cols.layers(hit[idx]), conf, 0).max(axis=1)
+        out[idx] = np.clip(np.rint(best * 100.0 / 255.0), 1, 100)
     else:
         out[occupied] = OCCUPIED
-    f = rule.factor
+    out = out.reshape(X, Y)
     if f > 1:
-        if X % f or Y % f:
-            raise ValueError(f"occupancy factor {f} does not divide the grid {X}x{Y}")
         blocks = out.reshape(X // f, f, Y // f, f).transpose(0, 2, 1, 3).reshape(X // f, Y // f, f * f)
         # occupied (1..100) beats free (0) beats unknown (-1): the block maximum
         out = blocks.max(axis=2)
     return out.astype(np.int8)
+
+
+def obstacle_voxels(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule, band: Tuple[float, float],
+                    classes: Optional[FrozenSet[int]] = None, columns: Optional[GroundColumns] = None) -> np.ndarray:
+    """Flat indices (ascending) of the obstacle voxels (occupied, not traversable under ``rule``; only ``classes``
+    when given) whose bottom face lies within ``band`` above their column's ground, as ``occupancy`` measures it."""
+    Z = labels.shape[2]
+    cols = columns or GroundColumns(labels, grid, rule.traversable, rule.ground_z)
+    hit = cols.obst_bits & cols.band_bits(band)
+    idx = np.flatnonzero(hit)
+    flat = (idx[:, None] * Z + np.arange(Z))[cols.layers(hit[idx])]
+    if classes is not None:
+        wanted = np.zeros(256, bool)
+        wanted[list(classes)] = True
+        flat = flat[wanted[labels.reshape(-1)[flat]]]
+    return flat
+
+
+_SPREAD = np.uint64(0x0102040810204080)  # multiplying 8 bytes of 0/1 by this gathers them into the top byte
+
+
+def column_bits(mask: np.ndarray) -> np.ndarray:
+    """(C, Z <= 64) bool -> (C,) uint64 with bit z set where ``mask[:, z]``. Eight layers at a time: a uint64 view
+    of 8 bool bytes times ``_SPREAD`` has those bytes as bits 56..63 (3x faster than np.packbits here)."""
+    C, Z = mask.shape
+    nb = (Z + 7) // 8
+    if Z % 8:
+        mask = np.concatenate([mask, np.zeros((C, nb * 8 - Z), bool)], axis=1)
+    words = (np.ascontiguousarray(mask).view(np.uint64) * _SPREAD) >> np.uint64(56)
+    bits = words[:, 0].copy()
+    for j in range(1, nb):
+        bits |= words[:, j] << np.uint64(8 * j)
+    return bits
+
+
+def highest_bit(bits: np.ndarray) -> np.ndarray:
+    """uint64 -> index of the highest set bit, -1 for 0 (smear the top bit down, then count)."""
+    x = bits.copy()
+    for s in (1, 2, 4, 8, 16, 32):
+        x |= x >> np.uint64(s)
+    return np.bitwise_count(x).astype(np.int64) - 1
+
+
+def _range_bits(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Bits lo..hi (inclusive) set, for lo/hi in any int range (clipped to 0..64)."""
+    one, full = np.uint64(1), np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def below(k: np.ndarray) -> np.ndarray:  # bits 0..k-1; a shift by 64 is undefined, so k = 64 is spelt out
+        k = np.clip(k, 0, 64).astype(np.uint64)
+        return np.where(k >= 64, full, (one << np.minimum(k, np.uint64(63))) - one)
+
+    return below(hi + 1) & ~below(lo)
 
 
 def occupancy_data(cells: np.ndarray) -> np.ndarray:

@@ -143,10 +143,11 @@ class Probe:
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         from nav_msgs.msg import OccupancyGrid
 
-        self.got = {"grid": [], "markers": [], "cloud": [], "occupancy": [], "diag": []}
+        self.got = {"grid": [], "markers": [], "cloud": [], "occupancy": [], "obstacles": [], "diag": []}
         self.logs: List = []
         for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy")):
+                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy"),
+                                ("obstacles", PointCloud2, "obstacles")):
             self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.got["diag"].append, qos)
         self.node.create_subscription(Log, "/rosout", self._on_log, QoSProfile(depth=100))
@@ -243,9 +244,9 @@ def same_voxels(grid_msg, markers_msg, cloud_msg, label_names, expected=None):
     """Grid labels, marker cube centres and cloud points describe the same voxels with the same class: every
     occupied voxel of the grid, or the (X, Y, Z) bool mask ``expected`` of the voxels that should be drawn."""
     from scanssc_ros.geometry import quaternion_to_rotation
+    from scanssc_ros.grid_codec import decode_grid
 
-    dims = (grid_msg.size_x, grid_msg.size_y, grid_msg.size_z)
-    labels = np.frombuffer(bytes(grid_msg.labels), np.uint8).reshape(dims)
+    labels = decode_grid(grid_msg)[0]
     mask = (labels != 0) & (labels != 255) if expected is None else expected
     occupied = {tuple(v) for v in np.argwhere(mask).tolist()}
 

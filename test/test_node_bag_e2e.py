@@ -80,9 +80,12 @@ class Probe:
         self.executor = SingleThreadedExecutor(context=ctx)
         self.executor.add_node(self.node)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.got = {"grid": [], "markers": [], "cloud": []}
+        from nav_msgs.msg import OccupancyGrid
+
+        self.got = {"grid": [], "markers": [], "cloud": [], "occupancy": [], "obstacles": []}
         for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud")):
+                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy"),
+                                ("obstacles", PointCloud2, "obstacles")):
             self.node.create_subscription(typ, f"/{node_name}/{topic}", self.got[key].append, qos)
         self.pubs = {}
         for topic, typ in ((f"{LEFT}/image_raw", Image), (f"{LEFT}/camera_info", CameraInfo),
@@ -145,12 +148,49 @@ def check_outputs(probe: Probe, stamps, frame_id: str, unseen=None) -> None:
             header = m.markers[0].header if key == "markers" else m.header
             assert header.stamp.sec * 1_000_000_000 + header.stamp.nanosec == t_ns, key
             assert header.frame_id == frame_id, (key, header.frame_id)
-    for g, markers, cloud in zip(probe.got["grid"], probe.got["markers"], probe.got["cloud"]):
+    rule = shipped_ground_rule()
+    for g, markers, cloud, occ, obstacles in zip(*(probe.got[k] for k in ("grid", "markers", "cloud", "occupancy",
+                                                                         "obstacles"))):
         assert (g.size_x, g.size_y, g.size_z) == (256, 256, 32) and len(g.labels) == 256 * 256 * 32
         labels = np.frombuffer(bytes(g.labels), np.uint8).reshape(256, 256, 32)
         same_voxels(g, markers, cloud, list(g.class_names), expected=surface_mask(labels))
         if unseen is not None:  # shipped default mark_unseen: out of view is unknown, and never drawn
             assert np.array_equal(labels == 255, unseen)
+        # the planner outputs are the shipped rule applied to this grid
+        check_planner_outputs(g, labels, occ, obstacles, rule, unseen)
+
+
+def shipped_ground_rule():
+    import yaml
+
+    from scanssc_ros.labels import SEMANTIC_KITTI
+    from scanssc_ros.occupancy import ObstacleFilter, OccupancyRule
+
+    p = yaml.safe_load(PARAMS.read_text())["/**"]["ros__parameters"]
+    rule = OccupancyRule.from_names(p["occupancy_traversable"].split(","), SEMANTIC_KITTI.classes,
+                                    band=(p["occupancy_min_height"], p["occupancy_max_height"]),
+                                    ground_z=p["occupancy_ground_z"])
+    return ObstacleFilter(rule, (p["obstacle_min_height"], p["obstacle_max_height"]))
+
+
+def check_planner_outputs(g, labels, occ, obstacles, rule, unseen) -> None:
+    from nodeutil import voxel_index
+
+    from scanssc_ros.geometry import SEMANTIC_KITTI_GRID
+    from scanssc_ros.occupancy import obstacle_voxels, occupancy
+
+    assert occ.header == g.header and obstacles.header == g.header
+    cells = np.asarray(occ.data, np.int8).reshape(occ.info.height, occ.info.width).T
+    np.testing.assert_array_equal(cells, occupancy(labels, SEMANTIC_KITTI_GRID, rule.ground))
+    assert (cells == 100).sum() > 100  # (the untrained lite model's free road is rare: only the rule is checked)
+    if unseen is not None:  # columns the camera never saw are unknown to the planner
+        assert (cells[unseen.all(axis=2)] == -1).all()
+    rec = np.frombuffer(bytes(obstacles.data), np.dtype({"names": ["x", "y", "z", "label"], "formats":
+                        ["<f4", "<f4", "<f4", "u1"], "offsets": [0, 4, 8, 16], "itemsize": obstacles.point_step}))
+    idx = voxel_index(np.stack([rec["x"], rec["y"], rec["z"]], 1).astype(np.float64), g)
+    flat = np.ravel_multi_index(idx.T, labels.shape)
+    np.testing.assert_array_equal(flat, obstacle_voxels(labels, SEMANTIC_KITTI_GRID, rule.ground, rule.band))
+    assert np.array_equal(labels.reshape(-1)[flat], rec["label"]) and flat.size > 100
 
 
 def test_stereo_mode_mcap_and_sqlite3_bags(ros_context, bags, kitti_seq, tmp_path):

@@ -28,9 +28,13 @@ from nodeutil import (  # noqa: E402
     make_node,
     same_voxels,
     textured_pair,
+    voxel_index,
     wait_for,
     write_camera_bag,
 )
+from rclpy.parameter import Parameter  # noqa: E402
+
+from scanssc_ros.grid_codec import decode_grid  # noqa: E402
 
 
 @pytest.fixture()
@@ -289,3 +293,62 @@ def test_occupancy_grid_for_planners(graph_factory):
     # the stand-in scene: road everywhere, a car at x 10-19 / y 20-29 and a building at x 40-59 / y 50-63
     assert cells[15, 25] == 100 and cells[50, 55] == 100 and cells[0, 0] == 0 and cells[30, 5] == 0
     assert set(np.unique(cells)) == {0, 100}
+    # ~/obstacles: the voxels behind the occupied cells, in the band and as clouds are read (x, y, z + label, conf)
+    obstacles = probe.got["obstacles"][0]
+    assert obstacles.header == occ.header
+    assert [f.name for f in obstacles.fields][:3] == ["x", "y", "z"] and "label" in [f.name for f in obstacles.fields]
+    grid = probe.got["grid"][0]
+    idx = voxel_index(_cloud_xyz(obstacles), grid)
+    labels = decode_grid(grid)[0]
+    # road fills layer 0 (0.8 m voxels): layer 1 starts at the ground, layers 2-3 lie 0.8-1.6 m above it
+    expect = {(x, y, z) for x, y, z in np.argwhere((labels == 1) | (labels == 13)).tolist() if z in (2, 3)}
+    assert {tuple(v) for v in idx.tolist()} == expect and len(idx) == len(expect)
+    assert set(_cloud_field(obstacles, "label").tolist()) == {1, 13}
+
+
+def _cloud_xyz(cloud) -> np.ndarray:
+    return np.stack([_cloud_field(cloud, k) for k in "xyz"], 1).astype(np.float64)
+
+
+def _cloud_field(cloud, name: str) -> np.ndarray:
+    f = next(f for f in cloud.fields if f.name == name)
+    fmt = {7: "<f4", 2: "u1"}[f.datatype]
+    dt = np.dtype({"names": [name], "formats": [fmt], "offsets": [f.offset], "itemsize": cloud.point_step})
+    return np.frombuffer(bytes(cloud.data), dt)[name]
+
+
+@pytest.mark.parametrize("encoding", ["sparse", "zlib"])
+def test_compact_grid_and_obstacle_class_list(graph_factory, encoding):
+    fake = FakePredictor()
+    node, probe = graph_factory(fake, depth_mode="mono", output_frame="scanssc_grid", grid_encoding=encoding,
+                                grid_confidence=encoding == "zlib", obstacle_classes="building",
+                                obstacle_min_height=0.0, obstacle_max_height=6.0)
+    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs["obstacles"].get_subscription_count(),
+                    10.0)
+    left, _ = textured_pair(0)
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 8.0))
+    probe.pub["left/image_rect"].publish(image_msg(left, 8.0))
+    assert wait_for(lambda: probe.got["obstacles"] and probe.got["grid"], 30.0), node.drops.snapshot()
+    grid = probe.got["grid"][0]
+    assert grid.encoding == encoding
+    labels, conf = decode_grid(grid)
+    assert np.array_equal(labels, fake.labels)
+    if encoding == "zlib":
+        assert np.array_equal(conf, fake.confidence) and len(grid.labels) < labels.size / 10
+    else:
+        assert conf is None and len(grid.labels) == len(grid.indices) == np.count_nonzero(fake.labels)
+    # only the building, from the ground (layer 1) up to 6 m: its whole height (layers 1-7)
+    idx = voxel_index(_cloud_xyz(probe.got["obstacles"][0]), grid)
+    assert {tuple(v) for v in idx.tolist()} == {tuple(v) for v in np.argwhere(fake.labels == 13).tolist()}
+
+
+def test_obstacle_parameters_are_checked(graph_factory):
+    node, _ = graph_factory(FakePredictor(), depth_mode="mono")
+    for params, reason in (([Parameter("obstacle_classes", value="road")], "traversable"),
+                           ([Parameter("obstacle_classes", value="lava")], "obstacle_classes: unknown class"),
+                           ([Parameter("obstacle_min_height", value=3.0)], "must be below"),
+                           ([Parameter("grid_encoding", value="png")], "grid_encoding")):
+        result = node.set_parameters(params)[0]
+        assert not result.successful and reason in result.reason, result.reason
+    assert node.set_parameters([Parameter("grid_encoding", value="zlib")])[0].successful
+    assert node.output_opts.grid_encoding == "zlib"

@@ -83,3 +83,104 @@ def test_real_sequence_08_road_free_and_cars_occupied(shared_data, kitti_seq):
     assert cell(8.0, 0.0) == 0 and cell(15.0, 0.0) == 0
     ix, iy = np.argwhere(car_cols)[np.argmin(np.hypot(*(np.argwhere(car_cols) * 0.2 - [0, 25.6]).T))]
     assert cells[ix, iy] == OCCUPIED and ix * 0.2 < 20.0
+
+
+def occupancy_reference(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule, confidence=None) -> np.ndarray:
+    """The rule column by column and voxel by voxel, with metric heights: slow and obvious."""
+    X, Y, Z = labels.shape
+    vs, z0 = grid.voxel_size, grid.origin[2]
+    out = np.full((X, Y), UNKNOWN, np.int16)
+    for x in range(X):
+        for y in range(Y):
+            col = labels[x, y].tolist()
+            trav = [z for z in range(Z) if col[z] in rule.traversable]
+            ground = z0 + (max(trav) + 1) * vs if trav else rule.ground_z
+            best = None
+            for z in range(Z):
+                if col[z] in (0, 255) or col[z] in rule.traversable:
+                    continue
+                height = z0 + z * vs - ground  # the voxel's bottom face above the ground
+                if rule.band[0] - 1e-6 * vs <= height <= rule.band[1] + 1e-6 * vs:
+                    c = 255 if confidence is None else int(confidence[x, y, z])
+                    best = c if best is None else max(best, c)
+            if best is not None:
+                out[x, y] = min(100, max(1, round(best * 100 / 255))) if rule.use_confidence else OCCUPIED
+            elif trav:
+                out[x, y] = 0
+    f = rule.factor
+    cells = np.full((X // f, Y // f), UNKNOWN, np.int16)
+    for i in range(X // f):
+        for j in range(Y // f):
+            cells[i, j] = out[i * f:(i + 1) * f, j * f:(j + 1) * f].max()
+    return cells.astype(np.int8)
+
+
+def _random_grid(Z: int):
+    rng = np.random.default_rng(Z)
+    grid = GridSpec((0.0, 0.0, -1.7), 0.2, (16, 12, Z))
+    # sparse columns, so single voxels at the band's edges decide cells; a fifth of the columns empty
+    labels = rng.choice([ROAD, 10, 17, CAR, VEG, POLE, 255], size=grid.dims).astype(np.uint8)
+    labels[rng.random(grid.dims) < 0.85] = 0
+    labels[rng.random(grid.dims[:2]) < 0.2] = 0
+    return grid, labels, rng.integers(0, 256, grid.dims, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("Z", [32, 20, 64])  # packed columns of whole bytes, padded ones, the 64-bit limit
+def test_fast_paths_equal_the_reference_on_random_grids(Z):
+    grid, labels, conf = _random_grid(Z)
+    for kw in ({}, {"use_confidence": True}, {"factor": 2}, {"band": (-0.3, 5.0), "ground_z": -5.0},
+               {"band": (0.0, 100.0)}):
+        rule = _rule(**kw)
+        np.testing.assert_array_equal(occupancy(labels, grid, rule, conf),
+                                      occupancy_reference(labels, grid, rule, conf), err_msg=str(kw))
+
+
+def test_column_bits_and_highest_bit():
+    from scanssc_ros.occupancy import column_bits, highest_bit
+
+    rng = np.random.default_rng(3)
+    for Z in (1, 8, 13, 32, 64):
+        mask = rng.random((50, Z)) < 0.3
+        mask[0] = False
+        expect = [sum(1 << z for z in range(Z) if m[z]) for m in mask]
+        bits = column_bits(mask)
+        assert bits.tolist() == expect
+        assert highest_bit(bits).tolist() == [(v.bit_length() - 1) for v in expect]
+
+
+def obstacle_reference(labels, grid, rule, band, classes=None):
+    """Voxel by voxel: obstacle class (and in ``classes``), bottom face within ``band`` above the column's ground."""
+    X, Y, Z = labels.shape
+    out = []
+    for x in range(X):
+        for y in range(Y):
+            col = labels[x, y].tolist()
+            trav = [z for z in range(Z) if col[z] in rule.traversable]
+            ground = grid.origin[2] + (max(trav) + 1) * grid.voxel_size if trav else rule.ground_z
+            for z in range(Z):
+                c = col[z]
+                if c in (0, 255) or c in rule.traversable or (classes is not None and c not in classes):
+                    continue
+                h = grid.origin[2] + z * grid.voxel_size - ground
+                if band[0] - 1e-6 * grid.voxel_size <= h <= band[1] + 1e-6 * grid.voxel_size:
+                    out.append((x * Y + y) * Z + z)
+    return np.array(sorted(out), np.int64)
+
+
+@pytest.mark.parametrize("Z", [32, 20])
+def test_obstacle_voxels_equal_the_reference(Z):
+    from scanssc_ros.occupancy import GroundColumns, obstacle_voxels
+
+    grid, labels, _ = _random_grid(Z)
+    rule = _rule()
+    shared = GroundColumns(labels, grid, rule.traversable, rule.ground_z)
+    for band, classes in (((0.1, 2.0), None), ((0.0, 1.0), frozenset({CAR, POLE})), ((-1.0, 9.0), None)):
+        got = obstacle_voxels(labels, grid, rule, band, classes, columns=shared)
+        np.testing.assert_array_equal(got, obstacle_reference(labels, grid, rule, band, classes))
+        assert np.array_equal(got, obstacle_voxels(labels, grid, rule, band, classes))  # its own columns
+
+
+def test_grids_taller_than_64_layers_are_refused():
+    grid = GridSpec((0.0, 0.0, 0.0), 0.2, (4, 4, 65))
+    with pytest.raises(ValueError, match="64 bits"):
+        occupancy(np.zeros(grid.dims, np.uint8), grid, _rule())

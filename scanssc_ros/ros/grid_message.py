@@ -9,6 +9,7 @@ import numpy as np
 from std_msgs.msg import ColorRGBA
 
 from scanssc_ros.geometry import GridSpec
+from scanssc_ros.grid_codec import DENSE, encode_grid
 from scanssc_ros.labels import LabelSet
 from scanssc_ros.msg import SemanticVoxelGrid
 from scanssc_ros.ros.voxel_encode import confidence_u8, pose_from_matrix
@@ -49,29 +50,30 @@ def class_colors(label_set: LabelSet) -> list:
 
 def to_grid_message(labels: np.ndarray, grid: GridSpec, header: Any, label_set: LabelSet,
                     T_out_grid: Optional[np.ndarray] = None, confidence: Optional[np.ndarray] = None,
-                    colors: Optional[list] = None) -> SemanticVoxelGrid:
+                    colors: Optional[list] = None, encoding: str = DENSE) -> SemanticVoxelGrid:
     """(X, Y, Z) uint8 labels (+ optional confidence, uint8 or float in [0, 1]) -> SemanticVoxelGrid.
 
     ``T_out_grid`` maps grid-frame points (x forward, y left, z up; the frame ``grid.origin`` is expressed in)
     into ``header.frame_id``; identity when None. ``colors`` may pass a prebuilt ``class_colors`` list.
+    ``encoding``: the payload (``grid_codec``: dense, sparse or zlib).
     """
     labels = np.asarray(labels)
     if labels.shape != tuple(grid.dims):
         raise ValueError(f"labels shape {labels.shape} does not match grid dims {grid.dims}")
     if labels.dtype != np.uint8:
         raise ValueError(f"labels must be uint8 class ids, got {labels.dtype}")
+    payload = encode_grid(labels, None if confidence is None else confidence_u8(confidence), encoding)
     msg = SemanticVoxelGrid()
     msg.header = header
     msg.origin = pose_from_matrix(grid_origin_matrix(grid, np.eye(4) if T_out_grid is None else T_out_grid))
     msg.voxel_size = float(grid.voxel_size)
     msg.size_x, msg.size_y, msg.size_z = (int(d) for d in grid.dims)
-    # C order of an (X, Y, Z) array is the message's documented x-major layout
-    msg.labels = array.array("B", np.ascontiguousarray(labels).tobytes())
-    if confidence is not None:
-        conf = confidence_u8(confidence)
-        if conf.shape != labels.shape:
-            raise ValueError(f"confidence shape {conf.shape} differs from labels {labels.shape}")
-        msg.confidence = array.array("B", np.ascontiguousarray(conf).tobytes())
+    msg.encoding = payload.encoding
+    if payload.indices.size:
+        msg.indices = array.array("I", payload.indices.tobytes())
+    msg.labels = array.array("B", payload.labels)
+    if payload.confidence:
+        msg.confidence = array.array("B", payload.confidence)
     msg.label_set = label_set.name
     msg.class_names = list(label_set.classes)
     msg.class_colors = colors if colors is not None else class_colors(label_set)

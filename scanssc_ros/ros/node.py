@@ -173,30 +173,54 @@ class ScanSSCNode(Node):
             class_filter = parse_class_filter(p["class_filter"], self.label_set)
         except ValueError as exc:
             raise ParameterError(str(exc)) from None
-        occupancy_rule = None
-        if p["publish_occupancy"]:
-            from scanssc_ros.occupancy import OccupancyRule
+        occupancy_rule = obstacles = None
+        if p["publish_occupancy"] or p["publish_obstacles"]:
+            occupancy_rule = self._ground_rule(p)
+        if p["publish_obstacles"]:
+            from scanssc_ros.occupancy import ObstacleFilter
 
-            names = [n.strip() for n in p["occupancy_traversable"].split(",") if n.strip()]
-            if p["occupancy_min_height"] >= p["occupancy_max_height"]:
-                raise ParameterError(f"occupancy_min_height {p['occupancy_min_height']} must be below "
-                                     f"occupancy_max_height {p['occupancy_max_height']}")
-            if any(d % p["occupancy_cell_voxels"] for d in self.grid.dims[:2]):
-                raise ParameterError(f"occupancy_cell_voxels {p['occupancy_cell_voxels']} does not divide the grid "
-                                     f"{self.grid.dims[0]}x{self.grid.dims[1]}")
+            if p["obstacle_min_height"] >= p["obstacle_max_height"]:
+                raise ParameterError(f"obstacle_min_height {p['obstacle_min_height']} must be below "
+                                     f"obstacle_max_height {p['obstacle_max_height']}")
             try:
-                occupancy_rule = OccupancyRule.from_names(
-                    names, self.label_set.classes, band=(p["occupancy_min_height"], p["occupancy_max_height"]),
-                    ground_z=p["occupancy_ground_z"], factor=p["occupancy_cell_voxels"],
-                    use_confidence=p["occupancy_use_confidence"])
+                classes = parse_class_filter(p["obstacle_classes"], self.label_set)
             except ValueError as exc:
-                raise ParameterError(str(exc)) from None
+                raise ParameterError(str(exc).replace("class_filter", "obstacle_classes")) from None
+            ground_classes = sorted(self.label_set.classes[c] for c in (classes or ())
+                                    if c in occupancy_rule.traversable)
+            if ground_classes:
+                raise ParameterError(f"obstacle_classes: {', '.join(ground_classes)} are traversable "
+                                     "(occupancy_traversable), never obstacles")
+            obstacles = ObstacleFilter(occupancy_rule, (p["obstacle_min_height"], p["obstacle_max_height"]), classes)
         return OutputOptions(
             output_frame=p["output_frame"], grid_frame=p["grid_frame"], publish_grid=p["publish_grid"],
             publish_markers=p["publish_markers"], publish_cloud=p["publish_cloud"],
             confidence_threshold=p["confidence_threshold"], class_filter=class_filter,
             surface_only=p["surface_only"], max_voxels=p["max_voxels"], marker_lifetime=p["marker_lifetime"],
-            occupancy=occupancy_rule)
+            occupancy=occupancy_rule if p["publish_occupancy"] else None, obstacles=obstacles,
+            grid_encoding=p["grid_encoding"], grid_confidence=p["grid_confidence"])
+
+    def _ground_rule(self, p: Dict[str, Any]) -> Any:
+        """The ground and traversable classes (and the cell rule) of ~/occupancy, also used by ~/obstacles."""
+        from scanssc_ros.occupancy import OccupancyRule
+
+        if self.grid.dims[2] > 64:
+            raise ParameterError(f"publish_occupancy / publish_obstacles need grids of at most 64 layers, the model's "
+                                 f"has {self.grid.dims[2]}: set both false")
+        names = [n.strip() for n in p["occupancy_traversable"].split(",") if n.strip()]
+        if p["occupancy_min_height"] >= p["occupancy_max_height"]:
+            raise ParameterError(f"occupancy_min_height {p['occupancy_min_height']} must be below "
+                                 f"occupancy_max_height {p['occupancy_max_height']}")
+        if any(d % p["occupancy_cell_voxels"] for d in self.grid.dims[:2]):
+            raise ParameterError(f"occupancy_cell_voxels {p['occupancy_cell_voxels']} does not divide the grid "
+                                 f"{self.grid.dims[0]}x{self.grid.dims[1]}")
+        try:
+            return OccupancyRule.from_names(
+                names, self.label_set.classes, band=(p["occupancy_min_height"], p["occupancy_max_height"]),
+                ground_z=p["occupancy_ground_z"], factor=p["occupancy_cell_voxels"],
+                use_confidence=p["occupancy_use_confidence"])
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
         updated = dict(self.params)
@@ -245,6 +269,7 @@ class ScanSSCNode(Node):
             "grid": self.create_publisher(SemanticVoxelGrid, "~/voxels", qos),
             "markers": self.create_publisher(MarkerArray, "~/voxel_markers", qos),
             "cloud": self.create_publisher(PointCloud2, "~/voxel_cloud", qos),
+            "obstacles": self.create_publisher(PointCloud2, "~/obstacles", qos),
         }
         try:
             from nav_msgs.msg import OccupancyGrid

@@ -12,7 +12,7 @@ from std_msgs.msg import Header
 
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.labels import LabelSet
-from scanssc_ros.occupancy import OccupancyRule, occupancy
+from scanssc_ros.occupancy import GroundColumns, ObstacleFilter, OccupancyRule, obstacle_voxels, occupancy
 from scanssc_ros.ros.grid_message import class_colors, to_grid_message, to_occupancy_message
 from scanssc_ros.ros.marker_cdr import cdr_self_check, marker_array_cdr
 from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
@@ -52,6 +52,9 @@ class OutputOptions:
     max_voxels: int = 200000  # 0 = no limit
     marker_lifetime: float = 1.0
     occupancy: Optional[OccupancyRule] = None  # None: no ~/occupancy
+    obstacles: Optional[ObstacleFilter] = None  # None: no ~/obstacles
+    grid_encoding: str = "dense"  # grid_codec: dense, sparse or zlib
+    grid_confidence: bool = True
 
 
 class OutputFrameError(ValueError):
@@ -91,9 +94,9 @@ class OutputBuilder:
               opts: OutputOptions, wanted: Optional[Dict[str, bool]] = None,
               frame_pose: Optional[Tuple[str, np.ndarray]] = None, cam_from_grid: Optional[np.ndarray] = None
               ) -> Tuple[Dict[str, Any], Dict[str, float]]:
-        """Messages by output name ('grid', 'markers', 'cloud') and build times in ms. ``wanted`` can switch
-        outputs off per call (e.g. no subscriber) on top of ``opts``. ``frame_pose`` (frame, grid pose in it) and
-        ``cam_from_grid`` override the fixed camera placement for this frame (TF placement)."""
+        """Messages by output name ('grid', 'occupancy', 'obstacles', 'markers', 'cloud') and build times in ms.
+        ``wanted`` can switch outputs off per call (e.g. no subscriber) on top of ``opts``. ``frame_pose`` (frame,
+        grid pose in it) and ``cam_from_grid`` override the fixed camera placement for this frame (TF placement)."""
         wanted = wanted or {}
         frame, T = frame_pose if frame_pose is not None else self.frame_and_pose(camera_frame, opts)
         sensor = self.sensor_position if cam_from_grid is None else \
@@ -103,16 +106,28 @@ class OutputBuilder:
         times: Dict[str, float] = {}
         t = time.perf_counter()
         if opts.publish_grid and wanted.get("grid", True):
-            msgs["grid"] = to_grid_message(labels, self.grid, header, self.label_set, T, confidence,
-                                           colors=self._colors_msg)
+            msgs["grid"] = to_grid_message(labels, self.grid, header, self.label_set, T,
+                                           confidence if opts.grid_confidence else None, colors=self._colors_msg,
+                                           encoding=opts.grid_encoding)
             times["encode_grid"] = (time.perf_counter() - t) * 1e3
+        columns = None
         if opts.occupancy is not None and wanted.get("occupancy", True):
             t = time.perf_counter()
-            cells = occupancy(labels, self.grid, opts.occupancy, confidence)
+            rule = opts.occupancy
+            columns = GroundColumns(labels, self.grid, rule.traversable, rule.ground_z)
+            cells = occupancy(labels, self.grid, rule, confidence, columns=columns)
             msgs["occupancy"] = to_occupancy_message(cells, self.grid, header, T,
-                                                     self.grid.voxel_size * opts.occupancy.factor,
-                                                     opts.occupancy.ground_z)
+                                                     self.grid.voxel_size * rule.factor, rule.ground_z)
             times["encode_occupancy"] = (time.perf_counter() - t) * 1e3
+        if opts.obstacles is not None and wanted.get("obstacles", True):
+            t = time.perf_counter()
+            ground = opts.obstacles.ground
+            if columns is None or (columns.traversable, columns.ground_z) != (ground.traversable, ground.ground_z):
+                columns = GroundColumns(labels, self.grid, ground.traversable, ground.ground_z)
+            idx = obstacle_voxels(labels, self.grid, ground, opts.obstacles.band, opts.obstacles.classes, columns)
+            msgs["obstacles"] = to_pointcloud2(idx, labels, self.grid, header, pose=T, colors=self.colors_u8,
+                                               confidence=confidence)
+            times["encode_obstacles"] = (time.perf_counter() - t) * 1e3
         need_markers = opts.publish_markers and wanted.get("markers", True)
         need_cloud = opts.publish_cloud and wanted.get("cloud", True)
         if need_markers or need_cloud:

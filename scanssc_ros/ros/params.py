@@ -159,6 +159,20 @@ PARAMS: Tuple[ParamSpec, ...] = (
               "must divide the grid.", min=1, max=64),
     ParamSpec("occupancy_use_confidence", False, "Occupied cells hold round(100 x confidence) instead of 100 (for "
               "a costmap that scales costs; Nav2's default trinary StaticLayer wants 100)."),
+    ParamSpec("publish_obstacles", True, "Publish ~/obstacles (sensor_msgs/PointCloud2: centres of the obstacle "
+              "voxels in a height band above the ground, fields x y z rgb label confidence) for Nav2's ObstacleLayer "
+              "or VoxelLayer. Ground and traversable classes as for ~/occupancy."),
+    ParamSpec("obstacle_classes", "", "Comma-separated class names or ids in ~/obstacles (empty: every class that "
+              "is not in occupancy_traversable)."),
+    ParamSpec("obstacle_min_height", 0.1, "~/obstacles keeps voxels from this height above the ground (m).",
+              min=-6.4, max=6.4),
+    ParamSpec("obstacle_max_height", 2.0, "~/obstacles keeps voxels up to this height above the ground (m).",
+              min=-6.4, max=6.4),
+    ParamSpec("grid_encoding", "dense", "Payload of ~/voxels: dense (every voxel, 2 MB of labels for 256x256x32), "
+              "sparse (indices of the non-empty voxels with their labels) or zlib (the dense bytes deflated). "
+              "Declared in the message's encoding field; scanssc_ros.grid_codec.decode_grid reads all three.",
+              choices=("dense", "sparse", "zlib")),
+    ParamSpec("grid_confidence", True, "Send the per-voxel confidence in ~/voxels (doubles a dense message)."),
     ParamSpec("publish_diagnostics", True, "Publish /diagnostics (diagnostic_msgs/DiagnosticArray)."),
     ParamSpec("output_reliability", "reliable", "QoS reliability of the outputs.", read_only=True,
               choices=("reliable", "best_effort")),
