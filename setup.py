@@ -14,6 +14,7 @@ CONSOLE_SCRIPTS = [
     "scanssc-import=scanssc_ros.cli.import_official:main",
     "scanssc-kitti2bag=scanssc_ros.bag.kitti2bag:main",
     "scanssc-play=scanssc_ros.bag.play:main",
+    "scanssc-record=scanssc_ros.bag.record:main",
 ]
 
 
