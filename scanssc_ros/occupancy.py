@@ -65,11 +65,17 @@ class GroundColumns:
             raise ValueError(f"bird's-eye outputs pack a column's layers into 64 bits; this grid has {Z} layers")
         self.shape, self.grid, self.ground_z, self.traversable = (X, Y, Z), grid, ground_z, frozenset(traversable)
         cols = np.ascontiguousarray(labels).reshape(X * Y, Z)
-        # one SIMD comparison per traversable class is ~5x cheaper than a 256-entry lookup over 2 M voxels
+        # SIMD comparisons, one pair per run of consecutive class ids (uint8 wrap-around: c - lo < n means
+        # lo <= c < lo + n), are ~5x cheaper than a 256-entry lookup over 2 M voxels
         trav = np.zeros(cols.shape, bool)
-        for c in sorted(traversable):
-            trav |= cols == c
-        obst = (cols != EMPTY) & (cols != IGNORE) & ~trav
+        for i, (lo, n) in enumerate(_runs(sorted(traversable))):
+            run = (cols - np.uint8(lo)) < n if n > 1 else cols == lo
+            if i == 0:
+                trav = run
+            else:
+                trav |= run
+        assert (EMPTY, IGNORE) == (0, 255)
+        obst = ((cols - np.uint8(1)) < 254) & ~trav  # neither 0 (empty) nor 255 (unknown), and not traversable
         self.trav_bits, self.obst_bits = column_bits(trav), column_bits(obst)
         self.top = highest_bit(self.trav_bits)
 
@@ -79,16 +85,21 @@ class GroundColumns:
 
     def band_bits(self, band: Tuple[float, float]) -> np.ndarray:
         """Per column, the layers whose bottom face lies within ``band`` above the ground: the top face of the
-        highest traversable layer, or ``ground_z`` where the column shows none."""
+        highest traversable layer, or ``ground_z`` where the column shows none. The mask depends on the column only
+        through its top layer, so it is a lookup in a table of Z + 1 masks (index 0: no ground)."""
+        Z = self.shape[2]
         vs, z0 = self.grid.voxel_size, self.grid.origin[2]
-        ground = np.where(self.has_ground, z0 + (self.top + 1) * vs, self.ground_z)
+        top = np.arange(-1, Z)
+        ground = np.where(top >= 0, z0 + (top + 1) * vs, self.ground_z)
         k_lo = np.ceil((ground + band[0] - z0) / vs - 1e-6).astype(np.int64)
         k_hi = np.floor((ground + band[1] - z0) / vs + 1e-6).astype(np.int64)
-        return _range_bits(k_lo, k_hi)
+        return _range_bits(k_lo, k_hi)[self.top + 1]
 
     def layers(self, bits: np.ndarray) -> np.ndarray:
-        """(n,) bit sets -> (n, Z) bool."""
-        return ((bits[:, None] >> np.arange(self.shape[2], dtype=np.uint64)) & np.uint64(1)).astype(bool)
+        """(n,) bit sets -> (n, Z) bool (unpacking the little-endian bytes: 8x less work than 64-bit shifts)."""
+        n = bits.shape[0]
+        as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8).reshape(n, 8)
+        return np.unpackbits(as_bytes, axis=1, count=self.shape[2], bitorder="little").view(bool)
 
 
 def occupancy(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule, confidence: Optional[np.ndarray] = None,
@@ -127,12 +138,24 @@ def obstacle_voxels(labels: np.ndarray, grid: GridSpec, rule: OccupancyRule, ban
     cols = columns or GroundColumns(labels, grid, rule.traversable, rule.ground_z)
     hit = cols.obst_bits & cols.band_bits(band)
     idx = np.flatnonzero(hit)
-    flat = (idx[:, None] * Z + np.arange(Z))[cols.layers(hit[idx])]
+    rows, z = np.divmod(np.flatnonzero(cols.layers(hit[idx])), Z)  # 1-D flatnonzero: 5x cheaper than 2-D nonzero
+    flat = idx[rows] * Z + z
     if classes is not None:
         wanted = np.zeros(256, bool)
         wanted[list(classes)] = True
         flat = flat[wanted[labels.reshape(-1)[flat]]]
     return flat
+
+
+def _runs(ids) -> list:
+    """Sorted class ids -> [(first id, length)] of their runs of consecutive ids."""
+    runs: list = []
+    for c in ids:
+        if runs and runs[-1][0] + runs[-1][1] == c:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    return [tuple(r) for r in runs]
 
 
 _SPREAD = np.uint64(0x0102040810204080)  # multiplying 8 bytes of 0/1 by this gathers them into the top byte

@@ -69,3 +69,27 @@ def test_input_transform_truncates_like_the_official_loader():
     # a wider-than-window resize is centred: 1408 px -> 1280 px wide window from column 64 at scale 1.0
     assert g.input_transform(376, 1408, (384, 1280))[1] == (341, 1280, -43, 0)
     assert g.input_transform(376, 1408, (384, 1408))[1] == (376, 1408, -8, 0)
+
+
+def test_voxel_centres_in_a_frame_match_transforming_the_grid_centres():
+    from scanssc_ros.geometry import (
+        SEMANTIC_KITTI_GRID,
+        quaternion_to_rotation,
+        transform_points,
+        voxel_center_of_flat,
+        voxel_centers_in_frame,
+    )
+
+    rng = np.random.default_rng(0)
+    flat = np.sort(rng.choice(SEMANTIC_KITTI_GRID.num_voxels, 5000, replace=False))
+    q = rng.normal(size=4)
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_rotation(tuple(q / np.linalg.norm(q)))
+    T[:3, 3] = (12.5, -3.0, 40.0)
+    for pose in (None, T):
+        expect = voxel_center_of_flat(flat, SEMANTIC_KITTI_GRID)
+        if pose is not None:
+            expect = transform_points(pose, expect)
+        got = voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, pose)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expect, atol=1e-5)  # float32 output of metre-scale coordinates

@@ -23,8 +23,8 @@ from scanssc_ros.geometry import (
     SEMANTIC_KITTI_GRID,
     GridSpec,
     rotation_to_quaternion,
-    transform_points,
     voxel_center_of_flat,
+    voxel_centers_in_frame,
 )
 from scanssc_ros.voxels import occupied_mask, surface_mask
 
@@ -136,9 +136,7 @@ def to_pointcloud2(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, head
     """
     labels = np.asarray(labels)
     idx = _check_indices(indices, labels, grid)
-    xyz = voxel_center_of_flat(idx, grid)
-    if pose is not None:
-        xyz = transform_points(np.asarray(pose, np.float64), xyz)
+    xyz = voxel_centers_in_frame(idx, grid, pose)
     lab = labels.reshape(-1)[idx]
     table = np.full((256, 3), 128, np.uint8) if colors is None else np.asarray(colors, np.uint8)
     packed = table.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)  # (256,) 0x00RRGGBB
