@@ -48,7 +48,8 @@ def test_rviz_config_is_yaml_and_shows_node_outputs():
     rviz = yaml.safe_load((REPO / "rviz" / "scanssc.rviz").read_text())
     displays = rviz["Visualization Manager"]["Displays"]
     topics = {d.get("Topic", {}).get("Value") for d in displays}
-    assert {"/scanssc_node/voxel_markers", "/scanssc_node/voxel_cloud"} <= topics
+    assert {"/scanssc_node/voxel_markers", "/scanssc_node/voxel_cloud", "/scanssc_node/occupancy",
+            "/scanssc_node/obstacles"} <= topics
     assert rviz["Visualization Manager"]["Global Options"]["Fixed Frame"] == PARAMS_BY_NAME["grid_frame"].default
 
 
