@@ -99,6 +99,23 @@ def measure(labels: np.ndarray, conf: np.ndarray, reps: int) -> Dict[str, Dict[s
     return out
 
 
+def markdown(results: Dict) -> str:
+    """The README table: kB per frame (encode / decode ms) per output and sample."""
+    names = list(results)
+    rows = [k for k in results[names[0]] if not k.startswith("_")]
+    lines = ["| output | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for row in rows:
+        cells = []
+        for n in names:
+            v = results[n][row]
+            cell = f"{v['bytes'] / 1e3:,.0f} kB"
+            if "encode_ms" in v:
+                cell += f" ({v['encode_ms']:.1f} / {v['decode_ms']:.1f} ms)"
+            cells.append(cell)
+        lines.append(f"| `{row}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: List[str] = None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -124,6 +141,7 @@ def main(argv: List[str] = None) -> Dict:
                 continue
             times = f"  encode {v['encode_ms']:6.1f} ms  decode {v['decode_ms']:5.1f} ms" if "encode_ms" in v else ""
             print(f"  {key:34s}{v['bytes'] / 1e3:10.1f} kB{times}")
+    print(markdown(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"frame": args.frame, "sequence": "08", "note": "thread CPU time; bytes are "
                                     "serialized CDR", "results": results}, indent=1))
