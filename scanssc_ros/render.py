@@ -125,17 +125,20 @@ def render_grid(labels: np.ndarray, colors: np.ndarray, path: Union[str, Path], 
     renderer, _ = get_renderer()
     gt_kind = "LiDAR-sparse: labelled scan voxelized, gaps unobserved" if target_sparse else "dense voxel labels"
 
-    views: List[Tuple[str, object]] = [("prediction", ("3d", labels, False))]
+    # (title, labels, viewpoint, sparse) of the 3D panels; (title, RGB, legend entries) of the map panels
+    views: List[Tuple[str, np.ndarray, str, bool]] = [("prediction", labels, "behind", False)]
     if target is not None:
-        views.append((f"ground truth ({gt_kind})", ("3d", target, target_sparse)))
+        views.append((f"ground truth ({gt_kind})", target, "behind", target_sparse))
     elif renderer is not None:
-        views.append(("prediction from above", ("top", labels, False)))
-    maps = [("prediction, bird's-eye view", bev_image(labels, colors))]
+        views.append(("prediction from above", labels, "top", False))
+    maps: List[Tuple[str, np.ndarray, Sequence[Tuple[str, Tuple[int, int, int]]]]] = [
+        ("prediction, bird's-eye view", bev_image(labels, colors), ())]
     if target is not None:
-        maps += [("ground truth, bird's-eye view", bev_image(target, colors)),
+        maps += [("ground truth, bird's-eye view", bev_image(target, colors), ()),
                  ("right / wrong per column" + (" (labelled voxels only)" if target_sparse else ""),
-                  error_bev(labels, target, target_sparse))]
-    maps.append(("occupancy of the prediction", occupancy_image(labels, grid, names)))
+                  error_bev(labels, target, target_sparse), OUTCOMES[:3] if target_sparse else OUTCOMES)]
+    maps.append(("occupancy of the prediction", occupancy_image(labels, grid, names),
+                 (("free", BACKGROUND), ("occupied", (0, 0, 0)), ("unknown", UNSEEN))))
 
     # row heights in inches for a 16-inch-wide figure: each row as tall as its panels at their own aspect
     width = 16.0
@@ -152,20 +155,18 @@ def render_grid(labels: np.ndarray, colors: np.ndarray, path: Union[str, Path], 
         ax.set_axis_off()
         row = 1
     top = outer[row].subgridspec(1, len(views), wspace=0.02)
-    for k, (name, (kind, grid_labels, sparse)) in enumerate(views):
+    for k, (name, grid_labels, view, sparse) in enumerate(views):
         ax = fig.add_subplot(top[k])
         ax.set_axis_off()
         ax.set_anchor("N")  # right under its title
         ax.set_title(name, fontsize=10)
         if renderer is not None:
-            ax.imshow(renderer.render(grid_labels, colors, grid, camera, "top" if kind == "top" else "behind",
-                                      sparse=sparse))
+            ax.imshow(renderer.render(grid_labels, colors, grid, camera, view, sparse=sparse))
         else:
             _draw_isometric(ax, fig, grid_labels, colors, voxel_size, max_points)
     bottom = outer[row + 1].subgridspec(1, 4, wspace=0.3)
-    X, Y, _ = labels.shape
-    ext = (Y * voxel_size / 2, -Y * voxel_size / 2, 0.0, X * voxel_size)
-    for k, (name, rgb) in enumerate(maps):
+    ext = (grid.upper[1], grid.origin[1], grid.origin[0], grid.upper[0])  # left = +y, far = up
+    for k, (name, rgb, legend) in enumerate(maps):
         ax = fig.add_subplot(bottom[k])
         ax.imshow(rgb, extent=ext, interpolation="nearest")
         ax.set_title(name, fontsize=9)
@@ -173,15 +174,9 @@ def render_grid(labels: np.ndarray, colors: np.ndarray, path: Union[str, Path], 
         if k == 0:
             ax.set_xlabel("y (m, left positive)", fontsize=8)
             ax.set_ylabel("x (m, forward)", fontsize=8)
-        if name.startswith("right"):
-            shown = OUTCOMES if not target_sparse else OUTCOMES[:3]
-            ax.legend(handles=[Patch(color=np.asarray(c) / 255.0, label=n) for n, c in shown], fontsize=6,
-                      loc="upper right", framealpha=0.8)
-        if name.startswith("occupancy"):
-            ax.legend(handles=[Patch(facecolor="white", edgecolor="k", label="free"),
-                               Patch(color="black", label="occupied"),
-                               Patch(color=np.asarray(UNSEEN) / 255.0, label="unknown")],
-                      fontsize=6, loc="upper right", framealpha=0.8)
+        if legend:
+            ax.legend(handles=[Patch(facecolor=np.asarray(c) / 255.0, edgecolor="k", linewidth=0.3, label=n)
+                               for n, c in legend], fontsize=6, loc="upper right", framealpha=0.8)
     present = sorted({int(c) for g in (labels, target) if g is not None for c in np.unique(g)
                       if c not in (EMPTY, IGNORE) and c < min(len(colors), len(names))})
     if present:

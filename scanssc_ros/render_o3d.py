@@ -2,13 +2,15 @@
 
 The SSC-paper look: a label grid becomes the exposed faces of its occupied voxels (``voxel_mesh``), coloured by
 class, shaded by face direction and outlined at the voxel edges where a voxel covers more than a few pixels;
-columns that hold unknown voxels (255) and nothing occupied become a faint grey floor; the camera frustum (clipped
-to the grid) and the grid's outline are drawn over it. Viewpoints (``VIEWS``): ``behind`` (behind and above the
+columns that hold unknown voxels (255) and nothing occupied become a faint grey floor; the camera (a small frustum
+pyramid, and on the floor the wedge of its field of view out to the grid's edge) and the grid's outline are drawn
+over it. Viewpoints (``VIEWS``): ``behind`` (behind and above the
 camera, looking forward and down) and ``top`` (straight down, forward up, left on the left, like the BEV).
 
 Why rays and not open3d's Filament ``OffscreenRenderer``: on this project's 2-core machines (software Vulkan,
 llvmpipe) the Filament renderer took 1.5-9 s per view and, in some views and under load, stalled for 130-180 s
-in ``render_to_image``. One ray per pixel (450k rays for 800x560) is tens of milliseconds and always finishes.
+in ``render_to_image``. One ray per pixel (450k rays for 800x560) took 0.2-0.5 s per view on the same loaded
+machine, faces included, and always finishes.
 
 ``get_renderer`` decides once per process which renderer draws the 3D views and logs it in one line;
 ``SCANSSC_RENDERER=matplotlib`` forces the matplotlib fallback.
@@ -141,6 +143,8 @@ class VoxelRenderer:
         img = np.clip(rgb, 0, 255).astype(np.uint8).reshape(h, w, 3)
         _draw_lines(img, cam, _box_edges(grid), OUTLINE)
         if camera is not None:
+            # a white halo keeps the dark lines visible over dark classes (sidewalk, car)
+            _draw_lines(img, cam, _frustum_edges(camera, grid), (255, 255, 255), thickness=4)
             _draw_lines(img, cam, _frustum_edges(camera, grid), FRUSTUM, thickness=2)
         return img
 
@@ -169,9 +173,9 @@ def view_camera(view: str, grid: GridSpec, camera: Optional[SensorCamera], size:
         return ViewCamera.look_at([center[0], center[1], height], [center[0], center[1], lo[2]], [1, 0, 0], fov,
                                   size)
     cam = camera.center if camera is not None else np.array([lo[0], (lo[1] + hi[1]) / 2, lo[2] + 1.7])
-    target = [cam[0] + 0.40 * extent[0], cam[1], lo[2]]
-    eye = [cam[0] - 0.30 * extent[0], cam[1], lo[2] + 0.48 * extent[0]]
-    return ViewCamera.look_at(eye, target, [0, 0, 1], 52.0, size)
+    target = [cam[0] + 0.44 * extent[0], cam[1], lo[2]]
+    eye = [cam[0] - 0.28 * extent[0], cam[1], lo[2] + 0.52 * extent[0]]
+    return ViewCamera.look_at(eye, target, [0, 0, 1], 46.0, size)
 
 
 def _box_edges(grid: GridSpec) -> np.ndarray:
