@@ -11,6 +11,11 @@ reported per frame is from publishing the frame's messages to receiving its grid
 transport). Scores: synthetic frames against their dense voxel labels; KITTI frames against sparse ground truth
 from the labelled LiDAR scan (no dense labels ship with the sample), and the bundled model has only ever seen
 synthetic scenes, so the KITTI numbers say how far that is from real data, nothing more.
+
+Per frame, ``<source>_<i>.png`` shows the input image, the predicted grid and its ground truth as shaded voxels
+seen from behind the camera (open3d; matplotlib when it is missing), bird's-eye views, a right/wrong map and the
+planner's occupancy grid (``scanssc_ros.render``); ``<source>_<i>.ply`` and ``<source>_<i>_gt.ply`` hold the
+predicted and ground-truth voxels (centres with colour and class id, ``scanssc_ros.ply_export``).
 """
 from __future__ import annotations
 
@@ -52,12 +57,26 @@ def _grid_labels(msg) -> np.ndarray:
     return decode_grid(msg)[0]
 
 
-def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, targets, label_set) -> SourceResult:
-    """Send ``frames`` (``bag.lockstep.bag_frames`` of the source's bag) through the node; PNG and scores per frame."""
-    from scanssc_ros.data.image import load_rgb
-    from scanssc_ros.metrics import SSCMetrics
-    from scanssc_ros.render import render_grid
+def _grid_spec(msg):
+    """Where the message's voxels lie: the demo publishes in the grid's own frame, so the origin pose is a shift."""
+    from scanssc_ros.geometry import GridSpec
 
+    p = msg.origin.position
+    return GridSpec((p.x, p.y, p.z), float(msg.voxel_size), (msg.size_x, msg.size_y, msg.size_z))
+
+
+def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, targets, label_set,
+               sparse_truth: bool = False) -> SourceResult:
+    """Send ``frames`` (``bag.lockstep.bag_frames`` of the source's bag) through the node; PNG, .ply files and
+    scores per frame. ``sparse_truth``: the ground truth is LiDAR-sparse (drawn and scored as such in the PNG)."""
+    from scanssc_ros.data.image import load_rgb
+    from scanssc_ros.geometry import kitti_camera, read_kitti_calib
+    from scanssc_ros.metrics import SSCMetrics
+    from scanssc_ros.ply_export import write_ply
+    from scanssc_ros.render import render_grid
+    from scanssc_ros.render_o3d import SensorCamera
+
+    K, T_cam_grid = kitti_camera(read_kitti_calib(seq_dir / "calib.txt"), "P2")
     result = SourceResult(name)
     metrics = SSCMetrics(label_set.num_classes, distance_analysis=False)
     for i, (t_ns, msgs) in enumerate(frames):
@@ -80,10 +99,21 @@ def run_source(name: str, seq_dir: Path, frames, player, node, out: Path, target
         title = f"{name} frame {i}: {entry['latency_ms']:.0f} ms"
         if "iou" in entry:
             title += f", IoU {entry['iou']:.1f} / mIoU {entry['miou']:.1f}"
+        image = load_rgb(seq_dir / "image_2" / f"{i:06d}.png")
+        spec = _grid_spec(grid)
+        t_render = time.perf_counter()
         png = render_grid(labels, label_set.color_table(), out / f"{name}_{i:02d}.png", grid.voxel_size,
-                          image=load_rgb(seq_dir / "image_2" / f"{i:06d}.png"), title=title,
-                          class_names=label_set.classes)
+                          image=image, title=title, class_names=label_set.classes,
+                          target=target if target is not None and target.shape == labels.shape else None,
+                          target_sparse=sparse_truth, grid=spec,
+                          camera=SensorCamera(K, T_cam_grid, image.shape[:2]))
+        entry["render_ms"] = round((time.perf_counter() - t_render) * 1e3)
         entry["png"] = png.name
+        plys = [write_ply(out / f"{name}_{i:02d}.ply", labels, spec, label_set.color_table(), label_set.classes)]
+        if target is not None:
+            plys.append(write_ply(out / f"{name}_{i:02d}_gt.ply", target, spec, label_set.color_table(),
+                                  label_set.classes))
+        entry["ply"] = [p.name for p in plys]
         result.frames.append(entry)
         print(f"[demo] {title} -> {png.name}", flush=True)
     if metrics.count:
@@ -142,6 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         bag_contents[name] = bag_frames(bags[name], CAMERA_TOPICS)  # ([frames], {topic: type})
         print(f"[demo] {name}: bag {bags[name]}", flush=True)
 
+    from scanssc_ros.render import renderer_line
+
+    print(f"[demo] {renderer_line()}", flush=True)
     params = {"output_frame": "scanssc_grid", "publish_tf": False}
     checkpoint = args.checkpoint if args.checkpoint.is_file() else None
     if checkpoint is not None:
@@ -164,7 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         player = LockstepPlayer(ctx, node_name, bag_contents[sources[0][0]][1])
         player.wait_ready(node, CAMERA_TOPICS)
         for name, seq_dir, targets, gt in sources:
-            r = run_source(name, seq_dir, bag_contents[name][0], player, node, out, targets, SEMANTIC_KITTI)
+            r = run_source(name, seq_dir, bag_contents[name][0], player, node, out, targets, SEMANTIC_KITTI,
+                           sparse_truth=name == "kitti08")
             r.ground_truth = gt
             results.append(r)
         # the node's own account of every frame: its next /diagnostics message after the last grid
@@ -190,13 +224,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     for r in results:
         lat = [f["latency_ms"] for f in r.frames]
         lines.append(f"  {r.name}: {len(r.frames)} frames, latency median {np.median(lat):.0f} ms "
-                     f"(min {min(lat):.0f}, max {max(lat):.0f})")
+                     f"(min {min(lat):.0f}, max {max(lat):.0f}); PNG render median "
+                     f"{np.median([f['render_ms'] for f in r.frames]):.0f} ms")
         if r.metrics:
             lines.append(f"    vs {r.ground_truth}: IoU {r.metrics['iou']:.1f}  mIoU {r.metrics['miou']:.1f}  "
                          f"precision {r.metrics['precision']:.1f}  recall {r.metrics['recall']:.1f}")
     lines.append(f"  node drops: {', '.join(f'{k}={v}' for k, v in sorted(node_drops.items())) or 'none'}; "
                  f"frames sent again: {len(resends)}")
-    lines.append(f"  PNGs, bags, node.log and summary.json in {out}")
+    lines.append(f"  {renderer_line()}")
+    lines.append(f"  PNGs, .ply voxels, bags, node.log and summary.json in {out}")
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo` (after setup): held-out synthetic scenes and, when ../shared/data is present, the real KITTI sample
 # frames become rosbags, are replayed through the installed scanssc_node with config/scanssc.yaml, and every frame
-# gets a PNG (input image, bird's-eye and isometric views of the completed grid) in demo_out/, with summary.txt.
+# gets a PNG (input image; the completed grid and its ground truth as shaded 3D voxels, bird's-eye views, a
+# right/wrong map, the occupancy grid) and .ply voxel files in demo_out/, with summary.txt.
 set -eo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh  # before nounset: colcon's setup scripts read unset variables

@@ -65,10 +65,34 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_HASH" ]; then
   if [ -n "$TORCH_WHEEL" ]; then
     "$UV" pip install -q "$TORCH_WHEEL"
   fi
-  "$UV" pip install -q -r requirements/ros.txt -r requirements/ml.txt -c requirements/constraints.txt
+  "$UV" pip install -q -r requirements/ros.txt -r requirements/ml.txt -r requirements/viz.txt \
+    -c requirements/constraints.txt
   # console scripts (scanssc-*) and the ROS-free package; the colcon install below takes precedence on PYTHONPATH
   "$UV" pip install -q --no-deps --no-build-isolation -e .
   echo "$REQ_HASH" > "$STAMP"
+fi
+
+# 2b. open3d (the 3D pictures: ray-cast voxel renders, .ply export) loads these Debian libraries on import; without
+#     them the renders fall back to matplotlib. Its Filament renderer (which would also need libvulkan1 and
+#     mesa-vulkan-drivers) is not used. Only missing ones are installed, and only as root (CI, project machines).
+O3D_DEBS="libusb-1.0-0 libgl1 libegl1 libgomp1"
+missing=""
+if command -v dpkg-query >/dev/null; then
+  for deb in $O3D_DEBS; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing="$missing $deb"
+  done
+fi
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "apt: installing$missing (open3d offscreen rendering)"
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $missing >/dev/null; } \
+      || log "apt-get failed: 3D renders will fall back to matplotlib"
+  else
+    log "not root: 3D renders fall back to matplotlib until these are installed: apt-get install$missing"
+  fi
 fi
 
 # 3. The ROS wheels' exported CMake files point at the wheel builder's Python and numpy headers. Point them at

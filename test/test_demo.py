@@ -30,6 +30,10 @@ def test_demo_writes_png_and_summary_for_each_frame(tmp_path):
     assert (out / frame["png"]).stat().st_size > 10_000
     assert frame["latency_ms"] > 0 and 0.0 <= frame["iou"] <= 100.0
     assert (out / "bags" / "synthetic").is_dir() and "synthetic: 1 frames" in (out / "summary.txt").read_text()
+    # the pictures' renderer is named once; each frame has its prediction and ground truth as .ply
+    assert "3D views:" in (out / "summary.txt").read_text() and frame["render_ms"] > 0
+    assert frame["ply"] == ["synthetic_00.ply", "synthetic_00_gt.ply"]
+    assert all((out / name).stat().st_size > 1000 for name in frame["ply"])
 
 
 DEMO_RUNS = 3

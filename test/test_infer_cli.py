@@ -55,3 +55,18 @@ def test_errors(fake_kitti, tiny_checkpoint, tmp_path, capsys):  # noqa: F811
     assert "stereo mode needs right images" in capsys.readouterr().err
     assert infer_cli.main(args + ["--sequence", str(seq), "--frames", "999999"]) == 2
     assert "999999" in capsys.readouterr().err
+
+
+def test_sequence_ply_export_and_ground_truth_panel(fake_kitti, tiny_checkpoint, tmp_path, capsys):  # noqa: F811
+    from scanssc_ros.ply_export import points_to_grid, read_ply
+
+    seq = fake_kitti / "sequences" / "08"
+    rc = infer_cli.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(seq), "--frames", "000001",
+                         "--export", "ply", "--out", str(tmp_path), "--threads", "1", "--no-progress"])
+    assert rc == 0
+    assert "3D views:" in capsys.readouterr().err  # which renderer drew the pictures, said once
+    labels = np.load(tmp_path / "predictions" / "000001.npy")
+    pred = read_ply(tmp_path / "ply" / "000001.ply")
+    assert np.array_equal(points_to_grid(pred), np.where((labels == 0) | (labels == 255), 0, labels))
+    truth = read_ply(tmp_path / "ply" / "000001_gt.ply")  # the fake sequence has voxel labels: on the model grid
+    assert truth.grid == pred.grid and len(truth.labels) > 0

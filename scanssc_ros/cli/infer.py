@@ -7,7 +7,11 @@ Every frame goes through ``scanssc_ros.predictor.Predictor`` (the one inference 
 normalisation and precision handling), with SGBM stereo depth from the right image in stereo mode. Writes to
 --out: ``predictions/<frame>.npy`` (uint8 labels on the model grid) and/or ``predictions/<frame>.label``
 (official uint16 raw ids on the 256x256x32 grid, a coarser model grid repeated up to it), and
-``renders/<frame>.png`` (input image, bird's-eye view, isometric view; ``scanssc_ros.render``).
+``renders/<frame>.png`` (input image, shaded 3D voxels from behind the camera, bird's-eye view, occupancy grid;
+with ground truth also its 3D view and bird's-eye view and a right/wrong map; ``scanssc_ros.render``) and, with
+``--export ply``, ``ply/<frame>.ply`` (and ``ply/<frame>_gt.ply``): the occupied voxels with colour and class id
+(``scanssc_ros.ply_export``). Ground truth of a sequence frame (``--ground-truth auto``): the official
+``voxels/<frame>.label`` when present, else the labelled LiDAR scan voxelized (LiDAR-sparse), else none.
 """
 from __future__ import annotations
 
@@ -25,12 +29,16 @@ from scanssc_ros import checkpoint
 from scanssc_ros.cli.common import run_main
 from scanssc_ros.data.depth import stereo_depth
 from scanssc_ros.data.image import load_rgb
-from scanssc_ros.data.label_scale import grid_factor, upsample_labels
+from scanssc_ros.data.label_scale import downsample_labels, grid_factor, upsample_labels
 from scanssc_ros.data.labels_io import LabelConfig, export_prediction, load_label_config
+from scanssc_ros.data.semantickitti import SemanticKittiDataset
 from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, kitti_camera, read_kitti_calib, stereo_baseline
 from scanssc_ros.labels import LABEL_SETS, SEMANTIC_KITTI
+from scanssc_ros.ply_export import FORMS as PLY_FORMS
+from scanssc_ros.ply_export import write_ply
 from scanssc_ros.predictor import Predictor
-from scanssc_ros.render import render_grid
+from scanssc_ros.render import render_grid, renderer_line
+from scanssc_ros.render_o3d import SensorCamera
 from scanssc_ros.training.amp import PRECISIONS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-config", help="label yaml for .label export (default: <sequence>/../../"
                                           "semantic-kitti.yaml)")
     p.add_argument("--no-render", action="store_true", help="skip the PNG renders")
+    p.add_argument("--v1-z-shift", action="store_true",
+                   help="ground truth is SemanticKITTI v1.0 data (voxel files one layer too high), as the sample")
+    p.add_argument("--export", choices=("none", "ply"), default="none",
+                   help="ply: also write the predicted (and ground-truth) voxels to ply/<frame>.ply")
+    p.add_argument("--ply-form", choices=PLY_FORMS, default="points",
+                   help="points: voxel centres; mesh: the voxels' visible faces")
+    p.add_argument("--ground-truth", choices=("auto", "none", "voxel_label", "sparse"), default="auto",
+                   help="ground truth shown in the renders / exported (sequences only; needs the label yaml)")
     p.add_argument("--mark-unseen", action="store_true", help="voxels outside the camera view -> 255")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
@@ -131,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError("--format label needs a label yaml (--label-config)")
         label_cfg = load_label_config(yaml_path)
     factor = grid_factor(SEMANTIC_KITTI_GRID, predictor.config.grid)
+    truth = _truth_reader(args, default_yaml)
     out = Path(args.out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     colors = label_set.color_table()
@@ -150,13 +167,53 @@ def _run(args: argparse.Namespace) -> int:
         if label_cfg is not None:
             export_prediction(out / "predictions" / f"{path.stem}.label", upsample_labels(pred.labels, factor),
                               label_cfg)
+        target, sparse = truth(path.stem) if truth is not None else (None, False)
+        if target is not None and factor > 1:
+            target = downsample_labels(target, factor, label_set.num_classes)
+        grid = predictor.config.grid
+        if args.export == "ply":
+            write_ply(out / "ply" / f"{path.stem}.ply", pred.labels, grid, colors, label_set.classes, args.ply_form)
+            if target is not None:
+                write_ply(out / "ply" / f"{path.stem}_gt.ply", target, grid, colors, label_set.classes,
+                          args.ply_form)
         if not args.no_render:
+            if not times[:-1]:
+                print(f"scanssc-infer: {renderer_line()}", file=sys.stderr)
             render_grid(pred.labels, colors, out / "renders" / f"{path.stem}.png", predictor.config.grid_voxel_size,
                         image=image, title=f"{path.stem} ({predictor.config.variant}, {mode})",
-                        class_names=label_set.classes)
+                        class_names=label_set.classes, target=target, target_sparse=sparse, grid=grid,
+                        camera=SensorCamera(K, T, image.shape[:2]))
     print(f"scanssc-infer: {len(files)} frame(s), {mode} mode, mean {1000 * np.mean(times):.0f} ms per "
           f"prediction; outputs in {out}", file=sys.stderr)
     return 0
+
+
+def _truth_reader(args: argparse.Namespace, default_yaml: Optional[Path]):
+    """frame name -> (ground truth on the 256x256x32 grid or None, whether it is LiDAR-sparse); None when no
+    ground truth is wanted or possible (image folders, no label yaml)."""
+    if args.ground_truth == "none" or not args.sequence:
+        return None
+    yaml_path = Path(args.label_config) if args.label_config else default_yaml
+    if yaml_path is None or not yaml_path.is_file():
+        if args.ground_truth != "auto":
+            raise FileNotFoundError(f"--ground-truth {args.ground_truth} needs a label yaml (--label-config)")
+        return None
+    seq = Path(args.sequence)
+    ds = SemanticKittiDataset(seq.parent.parent, frames=[], label_config=yaml_path, with_lidar_depth=False,
+                              v1_z_shift=args.v1_z_shift)
+
+    def read(frame: str) -> Tuple[Optional[np.ndarray], bool]:
+        source = args.ground_truth
+        if source == "auto":
+            if (seq / "voxels" / f"{frame}.label").is_file():
+                source = "voxel_label"
+            elif (seq / "labels" / f"{frame}.label").is_file() and (seq / "velodyne" / f"{frame}.bin").is_file():
+                source = "sparse"
+            else:
+                return None, False
+        return ds.load_target(seq.name, frame, source)[0], source == "sparse"
+
+    return read
 
 
 if __name__ == "__main__":
