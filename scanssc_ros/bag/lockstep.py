@@ -19,6 +19,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from scanssc_ros.bag.play import bag_topics, iter_raw, message_class, open_bag
 
+NODE_EXECUTABLE = Path("lib") / "scanssc_ros" / "scanssc_node"
+
+
+def installed_executable() -> Path:
+    """``scanssc_node`` of the sourced workspace: the first ``AMENT_PREFIX_PATH`` entry that has it, which is where
+    ``ros2 run`` looks too, so the build of whichever distribution ``scripts/env.sh`` set up is the one started. With
+    nothing sourced, this checkout's default (Kilted) install, which may not exist."""
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix and (Path(prefix) / NODE_EXECUTABLE).is_file():
+            return Path(prefix) / NODE_EXECUTABLE
+    return Path(__file__).resolve().parents[2] / "install" / "scanssc_ros" / NODE_EXECUTABLE
+
 
 def bag_frames(bag: Path, topics: Optional[Sequence[str]] = None
                ) -> Tuple[List[Tuple[int, Dict[str, bytes]]], Dict[str, str]]:
