@@ -52,10 +52,11 @@ class NodeProcess:
     """The installed ``scanssc_node`` as a child process."""
 
     def __init__(self, executable: Path, params_file: Path, name: str, params: Dict[str, Any],
-                 remaps: Dict[str, str], log_path: Optional[Path] = None) -> None:
+                 remaps: Dict[str, str], log_path: Optional[Path] = None, launcher: Sequence[str] = ()) -> None:
+        """``launcher``: words put before the executable, e.g. a shell that sources another workspace first."""
         if not Path(executable).is_file():
             raise FileNotFoundError(f"{executable} not found: build the package first (make setup)")
-        args = [str(executable), "--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
+        args = [*launcher, str(executable), "--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for src, dst in remaps.items():
             args += ["-r", f"{src}:={dst}"]
         for k, v in params.items():
