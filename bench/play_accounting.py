@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from scanssc_ros.bag.lockstep import installed_executable
+
 REPO = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+EXECUTABLE = installed_executable()  # the build of the sourced distribution (scripts/env.sh)
 
 
 def camera_remaps(bag: Path) -> Dict[str, str]:

@@ -47,10 +47,6 @@ class SourceResult:
     ground_truth: str = ""
 
 
-def _install_executable() -> Path:
-    return REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
-
-
 def _grid_labels(msg) -> np.ndarray:
     from scanssc_ros.grid_codec import decode_grid
 
@@ -136,7 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
 
     from scanssc_ros.bag.kitti2bag import DEFAULT_START_TIME, convert_sequence, parse_frames
-    from scanssc_ros.bag.lockstep import LockstepPlayer, NodeProcess, bag_frames
+    from scanssc_ros.bag.lockstep import LockstepPlayer, NodeProcess, bag_frames, installed_executable
     from scanssc_ros.data.semantickitti import SemanticKittiDataset
     from scanssc_ros.data.synthetic import write_sequence
     from scanssc_ros.labels import SEMANTIC_KITTI
@@ -188,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     remaps = {"left/image_rect": f"{LEFT}/image_raw", "left/camera_info": f"{LEFT}/camera_info",
               "right/image_rect": f"{RIGHT}/image_raw", "right/camera_info": f"{RIGHT}/camera_info"}
     node_name = "scanssc_demo"
-    node = NodeProcess(_install_executable(), REPO / "config" / "scanssc.yaml", node_name, params, remaps,
+    node = NodeProcess(installed_executable(), REPO / "config" / "scanssc.yaml", node_name, params, remaps,
                        log_path=out / "node.log")
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)

@@ -4,7 +4,7 @@
 set -o pipefail
 cd "$(dirname "$0")/.."
 # colcon's generated setup.bash reads unset variables, so nounset is switched on only after sourcing it
-source scripts/env.sh
+source scripts/env.sh || exit 1
 set -u
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export PYTHONUNBUFFERED=1

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # One-command setup: uv, .venv with pinned wheels, CMake path repair, colcon build.
 # Idempotent: each step is skipped when its inputs did not change, so a warm run takes seconds.
+# ROS_DISTRO=jazzy builds the Jazzy set into .venv-jazzy / build-jazzy / install-jazzy instead (scripts/distro.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
+source scripts/distro.sh || exit 1
+# a shell that sourced env.sh for the other distribution must not leak its install into this build
+scanssc_forget_checkout
+VENV=$SCANSSC_VENV
+BUILD=$SCANSSC_BUILD
+INSTALL=$SCANSSC_INSTALL
+LOG=$SCANSSC_LOG
 PY=${PYTHON:-python3}
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -52,10 +59,10 @@ fi
 # 2. Virtual environment and pinned Python packages. torch 2.13.0 CPU is taken from the machine's local wheel
 #    when there is one (project machines), otherwise from the index.
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating .venv with $($PY --version)"
+  log "creating ${VENV#"$ROOT/"} ($SCANSSC_DISTRO) with $($PY --version)"
   "$UV" venv -q -p "$PY" "$VENV"
 fi
-REQ_HASH=$(cat requirements/*.txt setup.py | sha256sum | cut -c1-16)
+REQ_HASH=$(cat "$SCANSSC_ROS_REQ" requirements/ml.txt requirements/viz.txt "$SCANSSC_CONSTRAINTS" setup.py | sha256sum | cut -c1-16)
 STAMP="$VENV/.scanssc_requirements"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_HASH" ]; then
   log "installing Python packages (first run: several minutes)"
@@ -65,8 +72,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$REQ_HASH" ]; then
   if [ -n "$TORCH_WHEEL" ]; then
     "$UV" pip install -q "$TORCH_WHEEL"
   fi
-  "$UV" pip install -q -r requirements/ros.txt -r requirements/ml.txt -r requirements/viz.txt \
-    -c requirements/constraints.txt
+  "$UV" pip install -q -r "$SCANSSC_ROS_REQ" -r requirements/ml.txt -r requirements/viz.txt \
+    -c "$SCANSSC_CONSTRAINTS"
   # console scripts (scanssc-*) and the ROS-free package; the colcon install below takes precedence on PYTHONPATH
   "$UV" pip install -q --no-deps --no-build-isolation -e .
   echo "$REQ_HASH" > "$STAMP"
@@ -117,14 +124,14 @@ fi
 export PATH="$VENV/bin:$PATH"
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-mkdir -p log
+mkdir -p "$LOG"
 touch "$VENV/COLCON_IGNORE"
 # tf2_msgs is not on PyPI, and the node's TF placement needs it. In this development environment only, generate it
 # from its one-line message definition (identical in ROS 2) into build/, outside any colcon source tree, so a user's
 # workspace never sees a second tf2_msgs; a real ROS install has its own and skips this.
 COLCON_PATHS=("$ROOT")
-if ! "$VENV/bin/python" -c "import tf2_msgs" 2>/dev/null || [ -d build/dev_msgs/tf2_msgs ]; then
-  DEV_TF2=build/dev_msgs/tf2_msgs
+if ! "$VENV/bin/python" -c "import tf2_msgs" 2>/dev/null || [ -d "$BUILD/dev_msgs/tf2_msgs" ]; then
+  DEV_TF2=$BUILD/dev_msgs/tf2_msgs
   mkdir -p "$DEV_TF2/msg"
   echo "geometry_msgs/TransformStamped[] transforms" > "$DEV_TF2/msg/TFMessage.msg"
   cat > "$DEV_TF2/package.xml" <<'XML'
@@ -153,22 +160,26 @@ rosidl_generate_interfaces(${PROJECT_NAME} "msg/TFMessage.msg" DEPENDENCIES geom
 ament_export_dependencies(rosidl_default_runtime)
 ament_package()
 CMAKE
-  COLCON_PATHS+=("$ROOT/$DEV_TF2")
+  COLCON_PATHS+=("$DEV_TF2")
 fi
 # colcon alone needs minutes to start on a slow machine: skip it when nothing it installs has changed
 BUILD_HASH=$({ echo "$REQ_HASH ${COLCON_PATHS[*]}"; find CMakeLists.txt package.xml msg scanssc_ros scripts launch config rviz -type f \
   ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
-BUILD_STAMP=install/.scanssc_build
-if [ -f install/setup.bash ] && [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = "$BUILD_HASH" ]; then
+BUILD_STAMP=$INSTALL/.scanssc_build
+if [ -f "$INSTALL/setup.bash" ] && [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = "$BUILD_HASH" ]; then
   log "colcon build up to date"
   exit 0
 fi
-log "colcon build"
+log "colcon build ($SCANSSC_DISTRO)"
 # colcon adds "-l <cores>" otherwise, and background load on these machines keeps make at one job
 export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
-colcon --log-base log build --symlink-install --paths "${COLCON_PATHS[@]}" --build-base build --install-base install \
+colcon --log-base "$LOG" build --symlink-install --paths "${COLCON_PATHS[@]}" --build-base "$BUILD" --install-base "$INSTALL" \
   --event-handlers console_direct- summary- status- --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DPython3_NumPy_INCLUDE_DIR="$NP_INC" \
-  -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > log/colcon_build.txt 2>&1 \
-  || { mkdir -p log; cat log/colcon_build.txt >&2 2>/dev/null; log "colcon build FAILED"; exit 1; }
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > "$LOG/colcon_build.txt" 2>&1 \
+  || { cat "$LOG/colcon_build.txt" >&2 2>/dev/null; log "colcon build FAILED"; exit 1; }
 echo "$BUILD_HASH" > "$BUILD_STAMP"
-log "ready: source scripts/env.sh to use the built package"
+if [ "$SCANSSC_DISTRO" = kilted ]; then
+  log "ready: source scripts/env.sh to use the built package"
+else
+  log "ready: ROS_DISTRO=$SCANSSC_DISTRO source scripts/env.sh to use the built package"
+fi

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from scanssc_ros.bag.lockstep import installed_executable
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
 
@@ -16,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_writes_png_and_summary_for_each_frame(tmp_path):
-    if not (REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node").is_file():
+    if not installed_executable().is_file():
         pytest.skip("scanssc_node not built; run `make test`")
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "scanssc_ros.demo", "--out", str(out), "--synthetic-frames", "1",
@@ -43,7 +45,7 @@ def test_demo_kitti_part_runs_several_times_in_a_row(tmp_path, kitti_seq):
     """Issue 12: `make demo` failed on a cold run when a KITTI right image was paired with the synthetic scene's
     right camera_info (the two cameras differ in size). Each run here starts a fresh node, sends a synthetic frame
     and then KITTI frames, as the demo does; every run must give every frame its grid with nothing rejected."""
-    if not (REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node").is_file():
+    if not installed_executable().is_file():
         pytest.skip("scanssc_node not built; run `make test`")
     for run in range(DEMO_RUNS):
         out = tmp_path / f"demo_{run}"

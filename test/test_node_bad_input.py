@@ -40,10 +40,11 @@ from nodeutil import (  # noqa: E402
     wait_for,
 )
 
+from scanssc_ros.bag.lockstep import installed_executable  # noqa: E402
 from scanssc_ros.ros.frame_sync import PARTNER_BUFFER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+EXECUTABLE = installed_executable()  # the build of the sourced distribution (scripts/env.sh)
 LEFT, RIGHT = textured_pair(0)
 DEPTH = np.full((H, W), 8.0, np.float32)
 GOOD_T = 50.0

@@ -22,8 +22,10 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test
 
 from nodeutil import image_msg, same_voxels  # noqa: E402
 
+from scanssc_ros.bag.lockstep import installed_executable  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+EXECUTABLE = installed_executable()  # the build of the sourced distribution (scripts/env.sh)
 PARAMS = REPO / "config" / "scanssc.yaml"
 PREFIX = "/kitti"
 LEFT, RIGHT = f"{PREFIX}/camera_color_left", f"{PREFIX}/camera_color_right"

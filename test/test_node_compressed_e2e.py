@@ -18,9 +18,10 @@ import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (run `make test` for the ROS tests)")
+from scanssc_ros.bag.lockstep import installed_executable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+EXECUTABLE = installed_executable()  # the build of the sourced distribution (scripts/env.sh)
 PARAMS = REPO / "config" / "scanssc.yaml"
 CHECKPOINT = REPO / "models" / "scanssc_lite_synth.pt"
 FRAMES = list(range(6))  # of the 10 real frames: enough for a measurement, about a minute of lite inference

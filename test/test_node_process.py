@@ -19,10 +19,12 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
+from scanssc_ros.bag.lockstep import installed_executable
+
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-EXECUTABLE = REPO / "install" / "scanssc_ros" / "lib" / "scanssc_ros" / "scanssc_node"
+EXECUTABLE = installed_executable()  # the build of the sourced distribution (scripts/env.sh)
 PARAMS = REPO / "config" / "scanssc.yaml"
 # generous: importing rclpy + torch and building the lite model on a loaded 2-core machine can take tens of seconds
 STARTUP_TIMEOUT = 120.0

@@ -19,6 +19,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from scanssc_ros.bag.play import bag_topics, iter_raw, message_class, open_bag
 
+NODE_EXECUTABLE = Path("lib") / "scanssc_ros" / "scanssc_node"
+
+
+def installed_executable() -> Path:
+    """``scanssc_node`` of the sourced workspace: the first ``AMENT_PREFIX_PATH`` entry that has it, which is where
+    ``ros2 run`` looks too, so the build of whichever distribution ``scripts/env.sh`` set up is the one started. With
+    nothing sourced, this checkout's default (Kilted) install, which may not exist."""
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix and (Path(prefix) / NODE_EXECUTABLE).is_file():
+            return Path(prefix) / NODE_EXECUTABLE
+    return Path(__file__).resolve().parents[2] / "install" / "scanssc_ros" / NODE_EXECUTABLE
+
 
 def bag_frames(bag: Path, topics: Optional[Sequence[str]] = None
                ) -> Tuple[List[Tuple[int, Dict[str, bytes]]], Dict[str, str]]:
@@ -40,10 +52,11 @@ class NodeProcess:
     """The installed ``scanssc_node`` as a child process."""
 
     def __init__(self, executable: Path, params_file: Path, name: str, params: Dict[str, Any],
-                 remaps: Dict[str, str], log_path: Optional[Path] = None) -> None:
+                 remaps: Dict[str, str], log_path: Optional[Path] = None, launcher: Sequence[str] = ()) -> None:
+        """``launcher``: words put before the executable, e.g. a shell that sources another workspace first."""
         if not Path(executable).is_file():
             raise FileNotFoundError(f"{executable} not found: build the package first (make setup)")
-        args = [str(executable), "--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
+        args = [*launcher, str(executable), "--ros-args", "--params-file", str(params_file), "-r", f"__node:={name}"]
         for src, dst in remaps.items():
             args += ["-r", f"{src}:={dst}"]
         for k, v in params.items():
