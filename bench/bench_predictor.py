@@ -37,6 +37,13 @@ from scanssc_ros.data.depth import stereo_depth  # noqa: E402
 from scanssc_ros.data.image import load_rgb  # noqa: E402
 from scanssc_ros.geometry import kitti_camera, read_kitti_calib, stereo_baseline  # noqa: E402
 from scanssc_ros.model import fastpath  # noqa: E402
+from scanssc_ros.model.examples import (  # noqa: E402
+    KITTI_IMAGE_HW,
+    KITTI_K,
+    KITTI_P_SHIFT,
+    KITTI_T_CAM_GRID,
+    synthetic_depth,  # noqa: E402
+)
 from scanssc_ros.predictor import Predictor  # noqa: E402
 
 STAGES = ["preprocess", "backbone_neck", "depth", "lift", "proposal", "cross_attn", "self_attn", "scan", "mixers",
@@ -53,10 +60,16 @@ def load_frame(seq: Path, index: int):
     return left, right, K, T, calib["P2"][:, 3].copy(), fx, base
 
 
+def synthetic_frame():
+    """No data at hand (e.g. a bare GPU machine): a random image and a synthetic depth map, SGBM not run."""
+    image = np.random.default_rng(0).integers(0, 256, (*KITTI_IMAGE_HW, 3), dtype=np.uint8)
+    return image, synthetic_depth(KITTI_K, KITTI_IMAGE_HW), KITTI_K, KITTI_T_CAM_GRID, KITTI_P_SHIFT, 0.0, 0.0
+
+
 def one_call(pred: Predictor, frame, mode: str):
     left, right, K, T, shift, fx, base = frame
     t0, c0 = time.perf_counter(), time.process_time()
-    depth = stereo_depth(left, right, fx, base)
+    depth = right if right.ndim == 2 else stereo_depth(left, right, fx, base)
     sgbm = ((time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3)
     t0, c0 = time.perf_counter(), time.process_time()
     if mode == "reference":
@@ -115,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--frames", type=int, nargs="+", default=[0])
+    ap.add_argument("--synthetic", action="store_true", help="a synthetic frame instead of the real sample")
     ap.add_argument("--modes", default="fast,reference", help="comma list of fast,reference")
     ap.add_argument("--threads", default="2", help="comma list of torch intra-op thread counts")
     ap.add_argument("--iters", type=int, default=5)
@@ -124,7 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     seq = args.data / "semantickitti-mini" / "sequences" / "08"
-    frames = [load_frame(seq, i) for i in args.frames]
+    frames = [synthetic_frame()] if args.synthetic else [load_frame(seq, i) for i in args.frames]
     rss0 = peak_rss_mb()
     if args.checkpoint or args.variant == "lite":
         pred = Predictor(args.checkpoint or CHECKPOINT, device=args.device, precision=args.precision)
@@ -136,6 +150,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(n)
         res = run(pred, frames, args.modes.split(","), args.iters, args.warmup)
         res.update({"variant": pred.config.variant, "threads": n, "device": args.device,
+                    "input": "synthetic" if args.synthetic else "semantickitti-mini 08",
                     "precision": args.precision, "frames": args.frames, "iters": args.iters,
                     "loadavg_1min_after": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb(),
                     "rss_before_model_mb": rss0})
