@@ -17,7 +17,6 @@ from scanssc_ros.model.decode import labels_confidence, labels_confidence_refere
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
 from scanssc_ros.model.layers import Conv3d
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
-from scanssc_ros.model.scan import AXES, masked_attention, scan_mask
 from scanssc_ros.model.scanssc import ScanSSC
 from scanssc_ros.predictor import Predictor
 
@@ -62,20 +61,6 @@ def test_neighborhood_attention_by_offset_matches_reference(heads, H, W, dh, k):
     ref = neighborhood_attention_2d(q, key, v, rpb, k)
     fast = neighborhood_attention_2d_by_offset(q, key, v, rpb, k)
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------------------- scan attention
-@pytest.mark.parametrize("axis", AXES)
-def test_scan_attention_explicit_matches_sdpa(axis):
-    torch.manual_seed(4)
-    attn = nn.MultiheadAttention(16, 4, batch_first=True).eval()
-    qk, v = torch.randn(37, 12, 16), torch.randn(37, 12, 16)
-    blocked = scan_mask(axis, 12)
-    with torch.inference_mode():
-        fast = masked_attention(attn, qk, v, blocked, 0.0, chunk=8)
-        with fastpath.reference_ops():
-            ref = masked_attention(attn, qk, v, blocked, 0.0, chunk=8)
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- label decoding
