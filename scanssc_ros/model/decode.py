@@ -49,7 +49,7 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
     h0, h1 = halo
     n = x.shape[dim] - h0 - h1
     if s == 1:
-        return x.narrow(dim, h0, n)
+        return x.narrow(dim, h0, n).clone()  # a copy: the caller reduces slabs in place
     ctr = x.narrow(dim, h0, n)
     if h0:
         left = x.narrow(dim, 0, n)
