@@ -26,6 +26,8 @@ from scanssc_ros import geometry
 from scanssc_ros.checkpoint import load
 from scanssc_ros.config import ModelConfig
 from scanssc_ros.data.image import crop_window, resize_crop_image
+from scanssc_ros.model import fastpath
+from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
 from scanssc_ros.model.timing import stage
 
@@ -173,12 +175,14 @@ class Predictor:
         dtype = _PRECISIONS[self.precision]
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
-            out = self.model(inputs, timings=timings)
+            fast = fastpath.enabled()
+            out = self.model(inputs, timings=timings, upsample=not fast)
             with stage(timings, "postprocess", self.device):
-                prob = out.logits[0].float().softmax(dim=0)
-                conf, labels = prob.max(dim=0)
-                labels = labels.to(torch.uint8).cpu().numpy()
-                confidence = torch.round(conf * 255.0).clamp(0, 255).to(torch.uint8).cpu().numpy()
+                if fast:
+                    labels, confidence = labels_confidence(out.logits[0], self.config.grid_dims)
+                else:
+                    labels, confidence = labels_confidence_reference(out.logits[0])
+                labels, confidence = labels.cpu().numpy(), confidence.cpu().numpy()
         if self.mark_unseen:
             labels[self.unseen_mask(K, T_cam_grid, image_rgb.shape[:2])] = UNKNOWN
         timings["total"] = (time.perf_counter() - t0) * 1000.0

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv3d
+
 
 class OccHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, out_size: Tuple[int, int, int], gn_groups: int = 32) -> None:
@@ -14,12 +16,16 @@ class OccHead(nn.Module):
         mid = in_channels // 2
         self.out_size = tuple(out_size)
         self.occ_convs = nn.ModuleList([nn.Sequential(
-            nn.Conv3d(in_channels, mid, 3, padding=1, bias=False),
+            Conv3d(in_channels, mid, 3, padding=1, bias=False),
             nn.GroupNorm(gn_groups, mid),
             nn.ReLU(inplace=True),
-            nn.Conv3d(mid, num_classes, 1, bias=False),
+            Conv3d(mid, num_classes, 1, bias=False),
         )])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
+        """Logits on the label grid; ``upsample=False``: on the processing grid, for callers that decode them
+        without the full-resolution tensor (``decode.labels_confidence``)."""
         logits = self.occ_convs[0](x)
+        if not upsample:
+            return logits
         return F.interpolate(logits, size=self.out_size, mode="trilinear", align_corners=False)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import Conv3d
+
 
 class ConvModule3d(nn.Module):
     """Conv3d (no bias) + BN3d or GN + optional ReLU, named like mmcv's ConvModule."""
@@ -19,7 +21,7 @@ class ConvModule3d(nn.Module):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: str = "bn", gn_groups: int = 32,
                  act: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
+        self.conv = Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
         self.norm_name = norm
         if norm == "bn":
             self.bn = nn.BatchNorm3d(cout)
@@ -103,7 +105,7 @@ class Fuser(nn.Module):
         self.depth_mixer = SpatialMixingNet(*args)
         self.height_mixer = SpatialMixingNet(*args)
         self.width_mixer = SpatialMixingNet(*args)
-        self.combine_coeff = nn.Sequential(nn.Conv3d(3 * out_channels, 3, 1, bias=False), nn.Softmax(dim=1))
+        self.combine_coeff = nn.Sequential(Conv3d(3 * out_channels, 3, 1, bias=False), nn.Softmax(dim=1))
 
     def forward(self, depth_feats: torch.Tensor, height_feats: torch.Tensor, width_feats: torch.Tensor
                 ) -> torch.Tensor:

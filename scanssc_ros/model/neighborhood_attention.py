@@ -11,6 +11,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from . import fastpath
+
 
 def window_indices(length: int, kernel: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """(length, kernel) key indices of each position's clamped window and their bias-table indices."""
@@ -36,6 +38,38 @@ def neighborhood_attention_2d(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.einsum("bnhwij,bnhwijd->bnhwd", attn, v[:, :, rows, cols])
 
 
+def neighborhood_attention_2d_by_offset(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor,
+                                        kernel: int) -> torch.Tensor:
+    """Same result as ``neighborhood_attention_2d`` (up to float rounding), one window offset at a time.
+
+    The reference gathers every query's k x k keys and values at once (2 x k^2 copies of the key map, 43 MB each
+    for the lite depth aggregation) and reduces them with einsums that become batches of tiny matrix products.
+    Here offset (i, j) of every query's window is one row gather and one column gather of the key map (window
+    clamping is per row and per column, so it survives the split), reduced at once by element-wise products
+    that stay in cache; the softmax is over the k^2 logits of each query, as before.
+    """
+    H, W = q.shape[2:4]
+    if H < kernel or W < kernel:
+        raise ValueError(f"feature map {H}x{W} smaller than the attention window {kernel}")
+    ky, by = window_indices(H, kernel, q.device)
+    kx, bx = window_indices(W, kernel, q.device)
+    logits = q.new_empty(kernel * kernel, *q.shape[:4])  # offset first: every write below is contiguous
+    for i in range(kernel):
+        k_rows = k.index_select(2, ky[:, i])
+        bias_rows = rpb.index_select(1, by[:, i])  # nH, H, 2k-1
+        for j in range(kernel):
+            t = logits[i * kernel + j]
+            torch.sum(q * k_rows.index_select(3, kx[:, j]), dim=-1, out=t)
+            t += bias_rows.index_select(2, bx[:, j])
+    attn = logits.softmax(0)
+    out = torch.zeros_like(q)
+    for i in range(kernel):
+        v_rows = v.index_select(2, ky[:, i])
+        for j in range(kernel):
+            out.addcmul_(attn[i * kernel + j, ..., None], v_rows.index_select(3, kx[:, j]))
+    return out
+
+
 class NeighborhoodCrossAttention2D(nn.Module):
     """Queries from one map, keys/values from another (channels-last maps, (B, H, W, C))."""
 
@@ -58,5 +92,7 @@ class NeighborhoodCrossAttention2D(nn.Module):
         nH, Dh = self.num_heads, self.head_dim
         qh = (self.q(q) * self.scale).view(B, H, W, nH, Dh).permute(0, 3, 1, 2, 4)
         k, v = self.kv(kv).view(B, H, W, 2, nH, Dh).permute(3, 0, 4, 1, 2, 5)
-        out = neighborhood_attention_2d(qh, k, v, self.rpb.to(qh.dtype), self.kernel_size)
+        fast = fastpath.enabled() and not (torch.is_grad_enabled() and self.rpb.requires_grad)
+        na = neighborhood_attention_2d_by_offset if fast else neighborhood_attention_2d
+        out = na(qh, k, v, self.rpb.to(qh.dtype), self.kernel_size)
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H, W, C))

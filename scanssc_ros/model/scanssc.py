@@ -59,7 +59,7 @@ class ModelInputs:
 
 @dataclass
 class ModelOutputs:
-    logits: torch.Tensor  # (B, num_classes, X, Y, Z) on the label grid
+    logits: torch.Tensor  # (B, num_classes, X, Y, Z) on the label grid (forward(upsample=False): processing grid)
     depth: torch.Tensor  # (B, D, h, w) fused depth distribution (softmax over bins)
     mono_depth_logits: torch.Tensor  # (B, D, h, w) DepthNet logits before any fusion
     proposal: torch.Tensor  # (B, X/2, Y/2, Z/2) bool, voxels that received cross-attention
@@ -97,13 +97,14 @@ class ScanSSC(nn.Module):
             if got != shape:
                 raise ValueError(f"ModelInputs.{name} has shape {got}, expected {shape}")
 
-    def forward(self, inputs: ModelInputs, timings: Optional[Dict[str, float]] = None) -> ModelOutputs:
+    def forward(self, inputs: ModelInputs, timings: Optional[Dict[str, float]] = None,
+                upsample: bool = True) -> ModelOutputs:
         self._check(inputs)
         cfg = self.config
         dev = inputs.image.device
         K, T, A = inputs.K, inputs.T_cam_grid, inputs.img_aug
         with stage(timings, "backbone_neck", dev):
-            feats = self.img_neck(self.img_backbone(inputs.image))
+            feats = self.img_neck(self.img_backbone(inputs.image)).contiguous()
         with stage(timings, "depth", dev):
             cam = camera_vector(K, T, A, inputs.p_shift, cfg.input_convention)  # float32; autocast casts where needed
             context, depth, mono_logits = self.depth_net(feats, cam, inputs.stereo_depth)
@@ -119,7 +120,7 @@ class ScanSSC(nn.Module):
         with stage(timings, "mixers", dev):
             fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
         with stage(timings, "head", dev):
-            logits = self.pts_bbox_head(fused)
+            logits = self.pts_bbox_head(fused, upsample)
         return ModelOutputs(logits=logits, depth=depth, mono_depth_logits=mono_logits, proposal=proposal)
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .depth_net import DepthNet
+from .layers import Conv3d
 from .neighborhood_attention import NeighborhoodCrossAttention2D
 
 
@@ -44,7 +45,7 @@ def convbn_2d(cin: int, cout: int, k: int, stride: int, pad: int) -> nn.Sequenti
 
 
 def convbn_3d(cin: int, cout: int, k: int, stride: int, pad: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, k, stride=stride, padding=pad, bias=False), nn.GroupNorm(2, cout))
+    return nn.Sequential(Conv3d(cin, cout, k, stride=stride, padding=pad, bias=False), nn.GroupNorm(2, cout))
 
 
 class SimpleUnet(nn.Module):
@@ -85,9 +86,9 @@ class StereoVolumeEncoder(nn.Module):
 class ChannelAttention3D(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(1, c))
-        self.conv2 = nn.Sequential(nn.Conv3d(c, c // 8, 1), nn.GELU(), nn.Conv3d(c // 8, c, 1), nn.GELU())
-        self.conv = nn.Sequential(nn.Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(2, c))
+        self.conv1 = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(1, c))
+        self.conv2 = nn.Sequential(Conv3d(c, c // 8, 1), nn.GELU(), nn.Conv3d(c // 8, c, 1), nn.GELU())
+        self.conv = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(2, c))
         self.layer_scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
@@ -113,12 +114,12 @@ class CrossAttention(nn.Module):
 class DepthAggregation(nn.Module):
     def __init__(self, bins: int, embed_dims: int = 32, kernel_size: int = 5) -> None:
         super().__init__()
-        self.stem = nn.Conv3d(2, embed_dims, 3, padding=1)
+        self.stem = Conv3d(2, embed_dims, 3, padding=1)
         self.mono_stereo_attention = CrossAttention(bins, kernel_size)
         self.stereo_mono_attention = CrossAttention(bins, kernel_size)
         self.UNet_3D = SimpleUnet(embed_dims, dims=3)
         self.channel_attention = ChannelAttention3D(embed_dims)
-        self.out_conv = nn.Conv3d(embed_dims, 1, 3, padding=1)
+        self.out_conv = Conv3d(embed_dims, 1, 3, padding=1)
 
     def forward(self, stereo: torch.Tensor, mono: torch.Tensor) -> torch.Tensor:
         ms = self.mono_stereo_attention(mono, stereo)
