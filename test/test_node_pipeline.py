@@ -276,14 +276,19 @@ def test_lockstep_player_sends_a_dropped_frame_again(ros_context, graph_factory)
     assert said == ["[lockstep] the node dropped it (disabled=1): sending the frame again (1/2)"]
 
 
-def test_occupancy_grid_for_planners(graph_factory):
-    node, probe = graph_factory(FakePredictor(), depth_mode="mono", output_frame="scanssc_grid")
-    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs["occupancy"].get_subscription_count(),
+def send_mono_frame(node, probe, t: float, output: str) -> None:
+    """One left image + camera_info at ``t`` once ``output`` has our subscriber; waits for it and the grid."""
+    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs[output].get_subscription_count(),
                     10.0)
     left, _ = textured_pair(0)
-    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 7.0))
-    probe.pub["left/image_rect"].publish(image_msg(left, 7.0))
-    assert wait_for(lambda: probe.got["occupancy"] and probe.got["grid"], 30.0), node.drops.snapshot()
+    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, t))
+    probe.pub["left/image_rect"].publish(image_msg(left, t))
+    assert wait_for(lambda: probe.got[output] and probe.got["grid"], 30.0), node.drops.snapshot()
+
+
+def test_occupancy_grid_for_planners(graph_factory):
+    node, probe = graph_factory(FakePredictor(), depth_mode="mono", output_frame="scanssc_grid")
+    send_mono_frame(node, probe, 7.0, "occupancy")
     occ = probe.got["occupancy"][0]
     assert occ.header.frame_id == "scanssc_grid" and (occ.header.stamp.sec, occ.header.stamp.nanosec) == (7, 0)
     assert (occ.info.width, occ.info.height) == (64, 64) and occ.info.resolution == pytest.approx(0.8)
@@ -323,12 +328,7 @@ def test_compact_grid_and_obstacle_class_list(graph_factory, encoding):
     node, probe = graph_factory(fake, depth_mode="mono", output_frame="scanssc_grid", grid_encoding=encoding,
                                 grid_confidence=encoding == "zlib", obstacle_classes="building",
                                 obstacle_min_height=0.0, obstacle_max_height=6.0)
-    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs["obstacles"].get_subscription_count(),
-                    10.0)
-    left, _ = textured_pair(0)
-    probe.pub["left/camera_info"].publish(info_msg(P_LEFT, 8.0))
-    probe.pub["left/image_rect"].publish(image_msg(left, 8.0))
-    assert wait_for(lambda: probe.got["obstacles"] and probe.got["grid"], 30.0), node.drops.snapshot()
+    send_mono_frame(node, probe, 8.0, "obstacles")
     grid = probe.got["grid"][0]
     assert grid.encoding == encoding
     labels, conf = decode_grid(grid)
