@@ -49,7 +49,7 @@ class OutputWatch:
         from visualization_msgs.msg import MarkerArray
 
         self.expected = expected_labels.tobytes()
-        self.count = {"grid": 0, "markers": 0, "cloud": 0, "occupancy": 0}
+        self.count = {"grid": 0, "markers": 0, "cloud": 0, "occupancy": 0, "obstacles": 0}
         self.last: Dict[str, int] = {}
         self.seen: Dict[str, set] = {k: set() for k in self.count}
         self.repeated = 0  # a stamp published twice on one output
@@ -57,7 +57,8 @@ class OutputWatch:
         self.wrong_labels = 0
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for key, typ, topic in (("grid", SemanticVoxelGrid, "voxels"), ("markers", MarkerArray, "voxel_markers"),
-                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy")):
+                                ("cloud", PointCloud2, "voxel_cloud"), ("occupancy", OccupancyGrid, "occupancy"),
+                                ("obstacles", PointCloud2, "obstacles")):
             node.create_subscription(typ, f"/{node_name}/{topic}", lambda m, k=key: self._on(k, m), qos)
 
     def _on(self, key: str, msg: Any) -> None:
