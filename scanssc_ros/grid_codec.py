@@ -72,7 +72,7 @@ def decode_payload(encoding: str, dims: Sequence[int], labels: Any, confidence: 
         if len(lab_b) != idx.size or (conf_b and len(conf_b) != idx.size):
             raise GridDecodeError(f"sparse grid: {idx.size} indices but {len(lab_b)} labels and "
                                   f"{len(conf_b)} confidences")
-        if idx.size and (idx.min() < 0 or idx.max() >= n or np.any(np.diff(idx) <= 0)):
+        if idx.size and (idx[-1] >= n or np.any(np.diff(idx) <= 0)):  # ascending: the last is the largest
             raise GridDecodeError(f"sparse grid: indices must be ascending and inside [0, {n})")
         lab = np.zeros(n, np.uint8)
         lab[idx] = np.frombuffer(lab_b, np.uint8)

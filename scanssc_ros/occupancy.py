@@ -16,6 +16,7 @@ a band and class list of their own. Columns are handled as 64-bit layer masks, s
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import FrozenSet, Optional, Sequence, Tuple
 
@@ -25,6 +26,7 @@ from scanssc_ros.geometry import GridSpec
 from scanssc_ros.labels import EMPTY, IGNORE
 
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1
+assert (EMPTY, IGNORE) == (0, 255)  # GroundColumns tells both apart from classes with one uint8 wrap-around
 DEFAULT_TRAVERSABLE = ("road", "parking", "sidewalk", "other-ground", "terrain")
 
 
@@ -67,14 +69,8 @@ class GroundColumns:
         cols = np.ascontiguousarray(labels).reshape(X * Y, Z)
         # SIMD comparisons, one pair per run of consecutive class ids (uint8 wrap-around: c - lo < n means
         # lo <= c < lo + n), are ~5x cheaper than a 256-entry lookup over 2 M voxels
-        trav = np.zeros(cols.shape, bool)
-        for i, (lo, n) in enumerate(_runs(sorted(traversable))):
-            run = (cols - np.uint8(lo)) < n if n > 1 else cols == lo
-            if i == 0:
-                trav = run
-            else:
-                trav |= run
-        assert (EMPTY, IGNORE) == (0, 255)
+        runs = [(cols - np.uint8(lo)) < n if n > 1 else cols == lo for lo, n in _runs(sorted(traversable))]
+        trav = functools.reduce(np.logical_or, runs) if runs else np.zeros(cols.shape, bool)
         obst = ((cols - np.uint8(1)) < 254) & ~trav  # neither 0 (empty) nor 255 (unknown), and not traversable
         self.trav_bits, self.obst_bits = column_bits(trav), column_bits(obst)
         self.top = highest_bit(self.trav_bits)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from scanssc_ros.geometry import GridSpec
+from scanssc_ros.geometry import GridSpec, voxel_centers_in_frame
 from scanssc_ros.voxel_mesh import exposed_faces, quad_triangles
 from scanssc_ros.voxels import occupied_mask
 
@@ -42,9 +42,9 @@ def write_ply(path: Union[str, Path], labels: np.ndarray, grid: GridSpec, colors
     labels = np.asarray(labels)
     colors = np.asarray(colors, np.uint8)
     if form == "points":
-        idx = np.argwhere(occupied_mask(labels))
-        xyz = np.asarray(grid.origin, np.float32) + (idx + 0.5).astype(np.float32) * np.float32(grid.voxel_size)
-        cls = labels[idx[:, 0], idx[:, 1], idx[:, 2]]
+        flat = np.flatnonzero(occupied_mask(labels))
+        xyz = voxel_centers_in_frame(flat, grid)
+        cls = labels.reshape(-1)[flat]
         triangles = None
     else:
         faces = exposed_faces(occupied_mask(labels), grid)

@@ -111,8 +111,9 @@ class VoxelRenderer:
         cam = view_camera(view, grid, camera, self.size)
         # shrunken cubes alias into moire patterns from far above: only the oblique view shows the gaps
         scale = SPARSE_SCALE if sparse and view == "behind" else 1.0
-        faces = exposed_faces(occupied_mask(labels), grid, scale)
-        unseen = ~occupied_mask(labels).any(axis=2) & (labels == IGNORE).any(axis=2)
+        occ = occupied_mask(labels)
+        faces = exposed_faces(occ, grid, scale)
+        unseen = ~occ.any(axis=2) & (labels == IGNORE).any(axis=2)
         floor = floor_quads(unseen, grid, grid.origin[2] - 0.01)  # just under voxels standing on the bottom
         quads = np.concatenate([faces.vertices.reshape(-1, 4, 3), floor])
         rays = cam.rays()
@@ -144,8 +145,9 @@ class VoxelRenderer:
         _draw_lines(img, cam, _box_edges(grid), OUTLINE)
         if camera is not None:
             # a white halo keeps the dark lines visible over dark classes (sidewalk, car)
-            _draw_lines(img, cam, _frustum_edges(camera, grid), (255, 255, 255), thickness=4)
-            _draw_lines(img, cam, _frustum_edges(camera, grid), FRUSTUM, thickness=2)
+            frustum = _frustum_edges(camera, grid)
+            _draw_lines(img, cam, frustum, (255, 255, 255), thickness=4)
+            _draw_lines(img, cam, frustum, FRUSTUM, thickness=2)
         return img
 
     def _cast(self, quads: np.ndarray, rays: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -191,9 +193,9 @@ def _frustum_edges(camera: SensorCamera, grid: GridSpec) -> np.ndarray:
     c = camera.center
     lo, hi = np.asarray(grid.origin, np.float64), np.asarray(grid.upper, np.float64)
     depth = 0.12 * (hi[0] - lo[0])
-    ends = c + depth * camera.corner_rays()
-    segs = [np.stack([c, e]) for e in ends] + [np.stack([ends[i], ends[(i + 1) % 4]]) for i in range(4)]
     rays = camera.corner_rays()
+    ends = c + depth * rays
+    segs = [np.stack([c, e]) for e in ends] + [np.stack([ends[i], ends[(i + 1) % 4]]) for i in range(4)]
     for side in ((0, 3), (1, 2)):  # left border (top + bottom corner), right border
         d = rays[list(side)].mean(axis=0)
         d[2] = 0.0

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from scanssc_ros.geometry import GridSpec
+from scanssc_ros.voxels import neighbour
 
 # the six face directions (axis, sign) and their corner offsets, counter-clockwise seen from outside
 _DIRECTIONS = ((0, -1), (0, 1), (1, -1), (1, 1), (2, -1), (2, 1))
@@ -44,17 +45,10 @@ def exposed_faces(occupied: np.ndarray, grid: GridSpec, scale: float = 1.0) -> Q
     """Faces of the ``occupied`` voxels that border a non-occupied voxel or the grid's edge. ``scale`` < 1 shrinks
     every cube about its centre (gaps show that the voxels are samples, e.g. LiDAR-sparse ground truth)."""
     occ = np.asarray(occupied, bool)
+    every = np.argwhere(occ) if scale < 1.0 else None  # shrunken cubes show all six faces
     voxels, dirs = [], []
     for k, (axis, sign) in enumerate(_DIRECTIONS):
-        neighbour = np.zeros_like(occ)
-        src = [slice(None)] * 3
-        dst = [slice(None)] * 3
-        if sign > 0:
-            src[axis], dst[axis] = slice(1, None), slice(None, -1)
-        else:
-            src[axis], dst[axis] = slice(None, -1), slice(1, None)
-        neighbour[tuple(dst)] = occ[tuple(src)]
-        idx = np.argwhere(occ & ~neighbour) if scale >= 1.0 else np.argwhere(occ)
+        idx = every if every is not None else np.argwhere(occ & ~neighbour(occ, axis, sign))
         voxels.append(idx)
         dirs.append(np.full(len(idx), k, np.int8))
     voxel = np.concatenate(voxels)

@@ -22,16 +22,22 @@ def exposed_mask(occupied: np.ndarray) -> np.ndarray:
     occ = np.asarray(occupied, bool)
     covered = np.ones_like(occ)
     for axis in range(occ.ndim):
-        # covered along an axis when both neighbours exist and are occupied
-        lo = np.zeros_like(occ)
-        hi = np.zeros_like(occ)
-        src = [slice(None)] * occ.ndim
-        dst = [slice(None)] * occ.ndim
-        src[axis], dst[axis] = slice(None, -1), slice(1, None)
-        lo[tuple(dst)] = occ[tuple(src)]
-        hi[tuple(src)] = occ[tuple(dst)]
-        covered &= lo & hi
+        for sign in (-1, 1):
+            covered &= neighbour(occ, axis, sign)
     return occ & ~covered
+
+
+def neighbour(mask: np.ndarray, axis: int, sign: int) -> np.ndarray:
+    """``mask`` of each voxel's neighbour one step along ``axis`` (``sign`` -1 or +1); False beyond the grid."""
+    out = np.zeros_like(mask)
+    src = [slice(None)] * mask.ndim
+    dst = [slice(None)] * mask.ndim
+    if sign > 0:
+        src[axis], dst[axis] = slice(1, None), slice(None, -1)
+    else:
+        src[axis], dst[axis] = slice(None, -1), slice(1, None)
+    out[tuple(dst)] = mask[tuple(src)]
+    return out
 
 
 def surface_mask(labels: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from scanssc_ros.bag.play import message_class
+
 EXIT_ERROR = 2
 HIDDEN_TOPICS = ("/rosout", "/parameter_events")  # --all leaves these out, as ros2 bag record does by default
 
@@ -155,8 +157,6 @@ class Recorder:
 
     def discover(self) -> None:
         """Subscribe to every wanted topic that has a publisher now and is not subscribed yet."""
-        from rosbags.typesys import get_typestore  # noqa: F401 - fail here, not in a callback, without rosbags
-
         for topic, types in self.node.get_topic_names_and_types():
             if topic in self._subs or topic in self.stats.skipped or not self.wanted(topic):
                 continue
@@ -168,7 +168,7 @@ class Recorder:
             msgtype = types[0]
             try:
                 store = build_typestore([msgtype], self.prefixes)
-                cls = _message_class(msgtype)
+                cls = message_class(msgtype)
             except (RecordError, ImportError, AttributeError, ValueError) as exc:
                 self._skip(topic, str(exc))
                 continue
@@ -192,12 +192,6 @@ class Recorder:
     def _skip(self, topic: str, why: str) -> None:
         self.stats.skipped[topic] = why
         print(f"scanssc-record: not recording {topic}: {why}", file=sys.stderr)
-
-
-def _message_class(msgtype: str) -> Any:
-    from scanssc_ros.bag.play import message_class
-
-    return message_class(msgtype)
 
 
 def record(out: Path, topics: Sequence[str] = (), *, record_all: bool = False, exclude: Optional[str] = None,

@@ -183,9 +183,9 @@ class ScanSSCNode(Node):
                 raise ParameterError(f"obstacle_min_height {p['obstacle_min_height']} must be below "
                                      f"obstacle_max_height {p['obstacle_max_height']}")
             try:
-                classes = parse_class_filter(p["obstacle_classes"], self.label_set)
+                classes = parse_class_filter(p["obstacle_classes"], self.label_set, "obstacle_classes")
             except ValueError as exc:
-                raise ParameterError(str(exc).replace("class_filter", "obstacle_classes")) from None
+                raise ParameterError(str(exc)) from None
             ground_classes = sorted(self.label_set.classes[c] for c in (classes or ())
                                     if c in occupancy_rule.traversable)
             if ground_classes:

@@ -18,8 +18,9 @@ from scanssc_ros.ros.marker_cdr import cdr_self_check, marker_array_cdr
 from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
 
 
-def parse_class_filter(text: str, label_set: LabelSet) -> Optional[FrozenSet[int]]:
-    """'car, road' / '1,9' -> class ids; '' -> None (all classes). Unknown names or ids raise ValueError."""
+def parse_class_filter(text: str, label_set: LabelSet, param: str = "class_filter") -> Optional[FrozenSet[int]]:
+    """'car, road' / '1,9' -> class ids; '' -> None (all classes). Unknown names or ids raise ValueError naming
+    ``param``."""
     items = [s.strip() for s in str(text).split(",") if s.strip()]
     if not items:
         return None
@@ -28,12 +29,12 @@ def parse_class_filter(text: str, label_set: LabelSet) -> Optional[FrozenSet[int
         if item.isdigit():
             cid = int(item)
             if not 0 < cid < label_set.num_classes:
-                raise ValueError(f"class_filter: id {cid} is not a class of {label_set.name} "
+                raise ValueError(f"{param}: id {cid} is not a class of {label_set.name} "
                                  f"(1..{label_set.num_classes - 1})")
         elif item in label_set.classes[1:]:
             cid = label_set.classes.index(item)
         else:
-            raise ValueError(f"class_filter: unknown class {item!r}; {label_set.name} classes: "
+            raise ValueError(f"{param}: unknown class {item!r}; {label_set.name} classes: "
                              f"{', '.join(label_set.classes[1:])}")
         ids.add(cid)
     return frozenset(ids)
