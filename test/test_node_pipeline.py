@@ -276,19 +276,20 @@ def test_lockstep_player_sends_a_dropped_frame_again(ros_context, graph_factory)
     assert said == ["[lockstep] the node dropped it (disabled=1): sending the frame again (1/2)"]
 
 
-def send_mono_frame(node, probe, t: float, output: str) -> None:
-    """One left image + camera_info at ``t`` once ``output`` has our subscriber; waits for it and the grid."""
-    assert wait_for(lambda: probe.connected(["left/image_rect"]) and node.pubs[output].get_subscription_count(),
-                    10.0)
+def send_mono_frame(node, probe, t: float, *outputs: str) -> None:
+    """One left image + camera_info at ``t`` once each of ``outputs`` has our subscriber; waits for them and the
+    grid (each output is its own publish, so one arriving says nothing about the next)."""
+    assert wait_for(lambda: probe.connected(["left/image_rect"])
+                    and all(node.pubs[o].get_subscription_count() for o in outputs), 10.0)
     left, _ = textured_pair(0)
     probe.pub["left/camera_info"].publish(info_msg(P_LEFT, t))
     probe.pub["left/image_rect"].publish(image_msg(left, t))
-    assert wait_for(lambda: probe.got[output] and probe.got["grid"], 30.0), node.drops.snapshot()
+    assert wait_for(lambda: all(probe.got[o] for o in outputs) and probe.got["grid"], 30.0), node.drops.snapshot()
 
 
 def test_occupancy_grid_for_planners(graph_factory):
     node, probe = graph_factory(FakePredictor(), depth_mode="mono", output_frame="scanssc_grid")
-    send_mono_frame(node, probe, 7.0, "occupancy")
+    send_mono_frame(node, probe, 7.0, "occupancy", "obstacles")
     occ = probe.got["occupancy"][0]
     assert occ.header.frame_id == "scanssc_grid" and (occ.header.stamp.sec, occ.header.stamp.nanosec) == (7, 0)
     assert (occ.info.width, occ.info.height) == (64, 64) and occ.info.resolution == pytest.approx(0.8)
