@@ -308,5 +308,8 @@ def voxel_centers_in_frame(flat: np.ndarray, grid: GridSpec, T_frame_grid: Optio
 
 def voxel_center_of_flat(flat: np.ndarray, grid: GridSpec = SEMANTIC_KITTI_GRID) -> np.ndarray:
     """C-order flat voxel indices (N,) -> (N, 3) float64 voxel-centre coordinates in the grid frame."""
-    idx = np.stack(np.unravel_index(np.asarray(flat, np.int64), grid.dims), axis=-1)
-    return np.asarray(grid.origin, np.float64) + (idx + 0.5) * grid.voxel_size
+    axes = np.unravel_index(np.asarray(flat, np.int64), grid.dims)
+    out = np.empty((axes[0].size, 3), np.float64)
+    for a in range(3):  # column by column: no (N, 3) int stack and no broadcast temporaries
+        out[:, a] = (axes[a] + 0.5) * grid.voxel_size + float(grid.origin[a])
+    return out

@@ -27,8 +27,8 @@ class GridDecodeError(ValueError):
 @dataclass
 class GridPayload:
     encoding: str
-    labels: bytes
-    confidence: bytes  # b"" when not sent
+    labels: Any  # bytes-like (dense: a view of the caller's array, copied once into the message)
+    confidence: Any  # bytes-like; empty when not sent
     indices: np.ndarray  # uint32; empty unless sparse
 
 
@@ -40,7 +40,7 @@ def encode_grid(labels: np.ndarray, confidence: Optional[np.ndarray], encoding: 
         raise ValueError(f"confidence shape {conf.shape} differs from labels {labels.shape}")
     empty = np.zeros(0, np.uint32)
     if encoding == DENSE:
-        return GridPayload(DENSE, labels.tobytes(), b"" if conf is None else conf.tobytes(), empty)
+        return GridPayload(DENSE, _view(labels), b"" if conf is None else _view(conf), empty)
     if encoding == ZLIB:
         return GridPayload(ZLIB, zlib.compress(labels.tobytes(), ZLIB_LEVEL),
                            b"" if conf is None else zlib.compress(conf.tobytes(), ZLIB_LEVEL), empty)
@@ -52,6 +52,11 @@ def encode_grid(labels: np.ndarray, confidence: Optional[np.ndarray], encoding: 
         return GridPayload(SPARSE, flat[idx].tobytes(), b"" if conf is None else conf.reshape(-1)[idx].tobytes(),
                            idx.astype(np.uint32))
     raise ValueError(f"unknown grid encoding {encoding!r}; one of {', '.join(ENCODINGS)}")
+
+
+def _view(a: np.ndarray) -> memoryview:
+    # no tobytes(): the message's array('B') takes its own copy, and 2 MB copies are the dense path's whole cost
+    return memoryview(a.reshape(-1)).cast("B")
 
 
 def decode_payload(encoding: str, dims: Sequence[int], labels: Any, confidence: Any = b"",

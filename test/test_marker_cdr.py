@@ -48,6 +48,30 @@ def test_spliced_bytes_deserialize_to_the_object_message(frame, grid, n, prev, c
     assert sum(len(m.points) for m in got.markers) == idx.size
 
 
+def test_reused_markers_give_each_frame_its_own_message():
+    """The node keeps one marker per class across frames (``reuse``): a class that leaves and comes back, a new
+    frame id, stamp, pose and lifetime must all show up as if every marker were new."""
+    reuse: dict = {}
+    prev: set = set()
+    for k, (frame, n, keep) in enumerate([("cam", 3000, None), ("cam", 800, {1, 9}), ("camera_left", 2000, None),
+                                          ("", 1, None)]):
+        labels, idx = _scene(SEMANTIC_KITTI_GRID, n, seed=k)
+        if keep is not None:
+            labels.reshape(-1)[idx[~np.isin(labels.reshape(-1)[idx], list(keep))]] = 0
+            idx = np.flatnonzero(labels)
+        header = Header(frame_id=frame)
+        header.stamp.sec = 100 + k
+        pose = np.eye(4)
+        pose[:3, 3] = [k, -k, 0.5 * k]
+        args = (idx, labels, SEMANTIC_KITTI_GRID, header, SEMANTIC_KITTI.classes, SEMANTIC_KITTI.color_table(),
+                prev, 0.1 * (k + 1), pose)
+        raw, present = marker_array_cdr(*args, reuse=reuse)
+        ref, _ = to_marker_array(*args, point_cache=PointCache(SEMANTIC_KITTI_GRID))
+        assert deserialize_message(raw, MarkerArray) == ref, f"frame {k}"
+        prev = present
+    assert len(reuse) == 19  # one per class seen, reused rather than piling up
+
+
 def test_no_voxels_gives_only_deletes():
     labels = np.zeros(TINY.dims, np.uint8)
     raw, present = marker_array_cdr(np.zeros(0, np.int64), labels, TINY, Header(), SEMANTIC_KITTI.classes,

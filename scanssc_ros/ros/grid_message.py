@@ -42,6 +42,12 @@ def to_occupancy_message(cells: np.ndarray, grid: GridSpec, header: Any, T_out_g
     return msg
 
 
+def _byte_array(data) -> array.array:
+    out = array.array("B")
+    out.frombytes(data)  # one memcpy from any bytes-like object
+    return out
+
+
 def class_colors(label_set: LabelSet) -> list:
     # float32 values, as ColorRGBA stores them, so received colours compare equal to the table
     rgb = np.asarray(label_set.colors_rgb, np.float32) / np.float32(255.0)
@@ -71,9 +77,9 @@ def to_grid_message(labels: np.ndarray, grid: GridSpec, header: Any, label_set: 
     msg.encoding = payload.encoding
     if payload.indices.size:
         msg.indices = array.array("I", payload.indices.tobytes())
-    msg.labels = array.array("B", payload.labels)
-    if payload.confidence:
-        msg.confidence = array.array("B", payload.confidence)
+    msg.labels = _byte_array(payload.labels)
+    if len(payload.confidence):
+        msg.confidence = _byte_array(payload.confidence)
     msg.label_set = label_set.name
     msg.class_names = list(label_set.classes)
     msg.class_colors = colors if colors is not None else class_colors(label_set)

@@ -12,7 +12,7 @@ the node trusts it. (Bytes are not compared: the serializer leaves alignment pad
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from geometry_msgs.msg import Point
@@ -70,12 +70,16 @@ def splice_points(markers: Sequence[Marker], points: Sequence[np.ndarray]) -> by
 
 def marker_array_cdr(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, header: Any,
                      class_names: Sequence[str], colors: np.ndarray, prev_namespaces: Iterable[str] = (),
-                     lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False
-                     ) -> Tuple[bytes, Set[str]]:
-    """:func:`voxel_encode.to_marker_array`'s message as serialized CDR bytes, and the namespaces present."""
+                     lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False,
+                     reuse: Optional[Dict[tuple, Marker]] = None) -> Tuple[bytes, Set[str]]:
+    """:func:`voxel_encode.to_marker_array`'s message as serialized CDR bytes, and the namespaces present.
+    ``reuse``: see :func:`voxel_encode.marker_skeleton` (the bytes are all that is kept of the markers)."""
     markers, groups, present = marker_skeleton(indices, labels, grid, header, class_names, colors, prev_namespaces,
-                                               lifetime, pose, clear_first)
-    return splice_points(markers, [voxel_center_of_flat(g, grid) for g in groups]), present
+                                               lifetime, pose, clear_first, reuse)
+    # one centre computation for all classes, then split (per class it was 19 small numpy pipelines)
+    centres = voxel_center_of_flat(np.concatenate(groups), grid) if groups else np.empty((0, 3))
+    bounds = np.cumsum([g.size for g in groups])[:-1]
+    return splice_points(markers, np.split(centres, bounds) if groups else []), present
 
 
 def cdr_self_check(grid: GridSpec) -> bool:

@@ -79,6 +79,7 @@ class OutputBuilder:
         self.serialized_markers = serialized_markers and cdr_self_check(grid)
         self._points = None if self.serialized_markers else PointCache(grid)
         self._prev_ns: Set[str] = set()
+        self._marker_reuse: Dict[tuple, Any] = {}  # marker_skeleton's per-class markers (serialized path only)
         # the camera sits at the grid-frame position cam_from_grid^-1 @ 0: "nearest voxels" for max_voxels
         self.sensor_position = tuple(np.linalg.inv(self.cam_from_grid)[:3, 3].tolist())
 
@@ -141,7 +142,7 @@ class OutputBuilder:
                 args = (idx, labels, self.grid, header, self.label_set.classes, self.colors_u8, self._prev_ns,
                         opts.marker_lifetime, T)
                 if self.serialized_markers:
-                    msgs["markers"], self._prev_ns = marker_array_cdr(*args)
+                    msgs["markers"], self._prev_ns = marker_array_cdr(*args, reuse=self._marker_reuse)
                 else:
                     msgs["markers"], self._prev_ns = to_marker_array(*args, point_cache=self._points)
                 times["encode_markers"] = (time.perf_counter() - t) * 1e3

@@ -9,6 +9,7 @@ that goes on the wire; a float grid in [0, 1] is converted with round(p * 255).
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -90,12 +91,19 @@ def _nearest(flat: np.ndarray, k: int, grid: GridSpec, sensor: Sequence[float]) 
 # ------------------------------------------------------------------------------------------------- poses
 
 
+@functools.lru_cache(maxsize=64)
+def _quaternion_of(rotation_bytes: bytes) -> Tuple[float, float, float, float]:
+    # three outputs per frame share one pose, usually the same every frame: the SVD in rotation_to_quaternion
+    # cost 0.3 ms each time
+    return rotation_to_quaternion(np.frombuffer(rotation_bytes, np.float64).reshape(3, 3))
+
+
 def pose_from_matrix(T: np.ndarray) -> Pose:
     """4x4 rigid transform -> geometry_msgs/Pose."""
     T = np.asarray(T, np.float64)
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
-    q = rotation_to_quaternion(T[:3, :3])
+    q = _quaternion_of(np.ascontiguousarray(T[:3, :3]).tobytes())
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
     return pose
 
@@ -251,10 +259,14 @@ def _duration(seconds: float) -> Duration:
 
 def marker_skeleton(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, header: Any,
                     class_names: Sequence[str], colors: np.ndarray, prev_namespaces: Iterable[str] = (),
-                    lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False
-                    ) -> Tuple[List[Marker], List[np.ndarray], Set[str]]:
+                    lifetime: float = 0.0, pose: Optional[np.ndarray] = None, clear_first: bool = False,
+                    reuse: Optional[Dict[tuple, Marker]] = None) -> Tuple[List[Marker], List[np.ndarray], Set[str]]:
     """The markers of :func:`to_marker_array` without their points, the flat voxel indices each ADD marker will
-    hold (in marker order), and the namespaces now present. Shared by the object path and the CDR fast path."""
+    hold (in marker order), and the namespaces now present. Shared by the object path and the CDR fast path.
+
+    ``reuse`` (a dict the caller keeps) hands back last call's ADD marker of a class with header, pose and
+    lifetime updated, instead of a new one: building 19 Markers cost ~2 ms a frame. Only for callers that are
+    done with the previous markers (the serializing path)."""
     labels = np.asarray(labels)
     idx = _check_indices(indices, labels, grid)
     # float32 values, as ColorRGBA stores them, so a serialization round trip compares equal
@@ -278,11 +290,17 @@ def marker_skeleton(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, hea
             raise ValueError(f"label {cls} has no class name (only {len(class_names)} names)")
         ns = class_names[cls]
         present.add(ns)
-        m = Marker(header=header, ns=ns, id=0, type=Marker.CUBE_LIST, action=Marker.ADD, pose=marker_pose,
-                   lifetime=life, frame_locked=False)
-        m.scale.x = m.scale.y = m.scale.z = float(grid.voxel_size)
-        m.color.r, m.color.g, m.color.b = (float(c) for c in rgb[cls])
-        m.color.a = 1.0
+        color = tuple(float(c) for c in rgb[cls])
+        key = (ns, color, float(grid.voxel_size))
+        m = None if reuse is None else reuse.get(key)
+        if m is None:
+            m = Marker(ns=ns, id=0, type=Marker.CUBE_LIST, action=Marker.ADD, frame_locked=False)
+            m.scale.x = m.scale.y = m.scale.z = float(grid.voxel_size)
+            m.color.r, m.color.g, m.color.b = color
+            m.color.a = 1.0
+            if reuse is not None:
+                reuse[key] = m
+        m.header, m.pose, m.lifetime = header, marker_pose, life
         markers.append(m)
         groups.append(idx[order[start:stop]])
     if not clear_first:
