@@ -15,7 +15,8 @@ from scanssc_ros.config import variant
 from scanssc_ros.model import fastpath
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference, upsample_axis
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
-from scanssc_ros.model.layers import Conv3d
+from scanssc_ros.model.layers import Conv3d, ConvTranspose3d
+from scanssc_ros.model.lift import SplatPlan, frustum_points, lss_pool
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
 from scanssc_ros.model.scanssc import ScanSSC
 from scanssc_ros.predictor import Predictor
@@ -50,6 +51,52 @@ def test_conv3d_takes_reference_path_for_training_and_autocast():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x.detach()).dtype == torch.bfloat16
     assert isinstance(conv, nn.Conv3d)  # same parameters and state-dict keys as before
+
+
+@pytest.mark.parametrize("cin,cout,shape,bias", [(16, 8, (14, 12, 20), False), (32, 16, (5, 6, 7), True)])
+def test_conv_transpose3d_onednn_matches_reference(cin, cout, shape, bias):
+    torch.manual_seed(0)
+    up = ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=bias).eval()
+    x = torch.randn(1, cin, *shape)
+    with torch.inference_mode():
+        fast = up(x)
+        with fastpath.reference_ops():
+            ref = up(x)
+    assert fast.shape == ref.shape == (1, cout, *(2 * d for d in shape)) and fast.layout == torch.strided
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    x.requires_grad_(True)
+    up.train()(x).sum().backward()  # training: the reference op, with autograd
+    assert x.grad is not None and up.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------------------- lift
+def test_splat_plan_equals_lss_pool_and_is_kept_per_camera():
+    cfg = variant("lite")
+    torch.manual_seed(2)
+    B, (h, w) = 2, (cfg.input_size[0] // 8, cfg.input_size[1] // 8)
+    K = torch.tensor(KITTI_K, dtype=torch.float32)[None].repeat(B, 1, 1)
+    T = torch.tensor(KITTI_T_CAM_GRID, dtype=torch.float32)[None].repeat(B, 1, 1)
+    A = torch.eye(3)[None].repeat(B, 1, 1)
+    K[1, 0, 0] *= 1.1  # two different cameras in one batch
+    T[1, 0, 3] += 0.7
+    plan = SplatPlan(size=2)
+    with torch.inference_mode():
+        for frame in range(2):  # a new image for the same cameras reuses the plan
+            ctx, dep = torch.randn(B, 32, h, w), torch.rand(B, cfg.num_bins, h, w).softmax(1)
+            ref = lss_pool(ctx, dep, frustum_points(K, T, A, cfg.input_size, (h, w), cfg.dbound, cfg.num_bins),
+                           cfg.proc_grid)
+            got = plan.pool(ctx, dep, K, T, A, cfg.input_size, cfg.dbound, cfg.proc_grid)
+            assert got.shape == ref.shape and ref.abs().sum() > 0
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        assert plan.builds == 1
+        for scale in (1.2, 1.3, 1.0):  # other cameras: new plans, the least recently used one dropped
+            K2 = K.clone()
+            K2[:, 1, 1] *= scale
+            got = plan.pool(ctx, dep, K2, T, A, cfg.input_size, cfg.dbound, cfg.proc_grid)
+        ref = lss_pool(ctx, dep, frustum_points(K2, T, A, cfg.input_size, (h, w), cfg.dbound, cfg.num_bins),
+                       cfg.proc_grid)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+        assert plan.builds == 4 and len(plan._plans) == 2
 
 
 # ----------------------------------------------------------------------------------------- neighbourhood attention

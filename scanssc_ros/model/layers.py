@@ -45,6 +45,21 @@ class Conv3d(nn.Conv3d):
         return super().forward(x)
 
 
+class ConvTranspose3d(nn.ConvTranspose3d):
+    """nn.ConvTranspose3d that runs oneDNN's deconvolution for CPU float32 inference.
+
+    aten's size rule (see Conv3d) sends the stereo U-Net's batch-1 up-convolutions to ``slow_conv_transpose3d``,
+    2.5x slower than oneDNN. aten has no dense entry point to oneDNN's deconvolution, so the input goes in as a
+    oneDNN tensor (the dispatch then cannot refuse it) and the result comes back dense."""
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is None and self.padding_mode == "zeros" and fastpath.cpu_fp32_inference(x, self.weight):
+            out = F.conv_transpose3d(x.contiguous().to_mkldnn(), self.weight, self.bias, self.stride, self.padding,
+                                     self.output_padding, self.groups, self.dilation)
+            return out.to_dense()
+        return super().forward(x, output_size)
+
+
 class LearnedPositionalEncoding(nn.Module):
     """mmdet LearnedPositionalEncoding: for an (h, w) map, pos[i, j] = [col_embed(j) | row_embed(i)]."""
 

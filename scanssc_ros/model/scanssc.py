@@ -27,11 +27,12 @@ from torch import nn
 
 from scanssc_ros.config import ModelConfig
 
+from . import fastpath
 from .depth_net import camera_vector
 from .efficientnet import EfficientNet
 from .encoder import VoxFormerHead
 from .head import OccHead
-from .lift import frustum_points, lss_pool
+from .lift import SplatPlan, frustum_points, lss_pool
 from .mixer import Fuser
 from .neck import SECONDFPN
 from .proposal import depth_from_distribution, voxel_proposal
@@ -83,6 +84,7 @@ class ScanSSC(nn.Module):
         self.occ_encoder_backbone = Fuser(cfg.embed_dims, cfg.mixer_blocks, cfg.mixer_channels, cfg.mixer_strides,
                                           cfg.mixer_out_channels, cfg.mixer_gn_groups)
         self.pts_bbox_head = OccHead(cfg.mixer_out_channels, cfg.num_classes, cfg.grid_dims, cfg.head_gn_groups)
+        self.splat_plan = SplatPlan()  # per-camera lift plans (inference fast path; no parameters)
 
     def _check(self, x: ModelInputs) -> None:
         B = x.image.shape[0]
@@ -109,8 +111,11 @@ class ScanSSC(nn.Module):
             cam = camera_vector(K, T, A, inputs.p_shift, cfg.input_convention)  # float32; autocast casts where needed
             context, depth, mono_logits = self.depth_net(feats, cam, inputs.stereo_depth)
         with stage(timings, "lift", dev):
-            pts = frustum_points(K, T, A, cfg.input_size, context.shape[-2:], cfg.dbound, cfg.num_bins)
-            lss = lss_pool(context, depth, pts, cfg.proc_grid)
+            if fastpath.cpu_fp32_inference(context, depth):
+                lss = self.splat_plan.pool(context, depth, K, T, A, cfg.input_size, cfg.dbound, cfg.proc_grid)
+            else:
+                pts = frustum_points(K, T, A, cfg.input_size, context.shape[-2:], cfg.dbound, cfg.num_bins)
+                lss = lss_pool(context, depth, pts, cfg.proc_grid)
         with stage(timings, "proposal", dev):
             src = inputs.stereo_depth
             if src is None:

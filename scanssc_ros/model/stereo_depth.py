@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .depth_net import DepthNet
-from .layers import Conv3d
+from .layers import Conv3d, ConvTranspose3d
 from .neighborhood_attention import NeighborhoodCrossAttention2D
 
 
@@ -54,7 +54,7 @@ class SimpleUnet(nn.Module):
     def __init__(self, c: int, dims: int = 2) -> None:
         super().__init__()
         convbn = convbn_2d if dims == 2 else convbn_3d
-        convt = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+        convt = nn.ConvTranspose2d if dims == 2 else ConvTranspose3d
         bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
         self.conv1 = nn.Sequential(convbn(c, 2 * c, 3, 2, 1), nn.ReLU(inplace=True))
         self.conv2 = nn.Sequential(convbn(2 * c, 2 * c, 3, 1, 1), nn.ReLU(inplace=True))
