@@ -101,7 +101,7 @@ def test_splat_plan_equals_lss_pool_and_is_kept_per_camera():
     T[1, 0, 3] += 0.7
     plan = SplatPlan(size=2)
     with torch.inference_mode():
-        for frame in range(2):  # a new image for the same cameras reuses the plan
+        for _ in range(2):  # a new image for the same cameras reuses the plan
             ctx, dep = torch.randn(B, 32, h, w), torch.rand(B, cfg.num_bins, h, w).softmax(1)
             ref = lss_pool(ctx, dep, frustum_points(K, T, A, cfg.input_size, (h, w), cfg.dbound, cfg.num_bins),
                            cfg.proc_grid)

@@ -87,7 +87,7 @@ class SplatPlan:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._plans: "OrderedDict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]" = OrderedDict()
+        self._plans: OrderedDict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.builds = 0  # plans built (a test and the benchmark check the cache hits)
 
     def pool(self, context: torch.Tensor, depth: torch.Tensor, K: torch.Tensor, T_cam_grid: torch.Tensor,

@@ -13,6 +13,7 @@ from std_msgs.msg import Header
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.labels import LabelSet
 from scanssc_ros.occupancy import GroundColumns, ObstacleFilter, OccupancyRule, obstacle_voxels, occupancy
+from scanssc_ros.ros.grid_cdr import grid_cdr_self_check, grid_message_cdr
 from scanssc_ros.ros.grid_message import class_colors, to_grid_message, to_occupancy_message
 from scanssc_ros.ros.marker_cdr import cdr_self_check, marker_array_cdr
 from scanssc_ros.ros.voxel_encode import PointCache, select_voxels, to_marker_array, to_pointcloud2
@@ -66,17 +67,18 @@ class OutputBuilder:
     """Builds the enabled output messages for one prediction; remembers the marker namespaces of the previous
     frame so classes that disappear get a DELETE.
 
-    Markers come as serialized CDR bytes (``marker_cdr``, publishable as they are) when ``serialized_markers`` is
-    on and the self-check passed for this ROS distro; otherwise as a MarkerArray built from Point objects."""
+    Markers and the grid come as serialized CDR bytes (``marker_cdr``, ``grid_cdr``: publishable as they are)
+    when ``serialized`` is on and their self-checks passed for this ROS distro; otherwise as message objects."""
 
     def __init__(self, grid: GridSpec, label_set: LabelSet, cam_from_grid: np.ndarray,
-                 serialized_markers: bool = True) -> None:
+                 serialized: bool = True) -> None:
         self.grid = grid
         self.label_set = label_set
         self.cam_from_grid = np.asarray(cam_from_grid, np.float64).reshape(4, 4)
         self.colors_u8 = label_set.color_table()
         self._colors_msg = class_colors(label_set)
-        self.serialized_markers = serialized_markers and cdr_self_check(grid)
+        self.serialized_markers = serialized and cdr_self_check(grid)
+        self.serialized_grid = serialized and grid_cdr_self_check()
         self._points = None if self.serialized_markers else PointCache(grid)
         self._prev_ns: Set[str] = set()
         self._marker_reuse: Dict[tuple, Any] = {}  # marker_skeleton's per-class markers (serialized path only)
@@ -108,9 +110,10 @@ class OutputBuilder:
         times: Dict[str, float] = {}
         t = time.perf_counter()
         if opts.publish_grid and wanted.get("grid", True):
-            msgs["grid"] = to_grid_message(labels, self.grid, header, self.label_set, T,
-                                           confidence if opts.grid_confidence else None, colors=self._colors_msg,
-                                           encoding=opts.grid_encoding)
+            encode = grid_message_cdr if self.serialized_grid else to_grid_message
+            msgs["grid"] = encode(labels, self.grid, header, self.label_set, T,
+                                  confidence if opts.grid_confidence else None, colors=self._colors_msg,
+                                  encoding=opts.grid_encoding)
             times["encode_grid"] = (time.perf_counter() - t) * 1e3
         columns = None
         if opts.occupancy is not None and wanted.get("occupancy", True):
