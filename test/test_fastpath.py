@@ -43,26 +43,6 @@ def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape):
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_channels_last_3d_input_keeps_its_layout_and_values():
-    """The stereo aggregation runs channels-last: both oneDNN paths must give the reference's values and hand
-    the layout on."""
-    torch.manual_seed(4)
-    cl = torch.channels_last_3d
-    conv = Conv3d(8, 16, 3, padding=1).eval()
-    up = ConvTranspose3d(16, 8, 3, stride=2, padding=1, output_padding=1, bias=False).eval()
-    x = torch.randn(1, 8, 10, 12, 14).contiguous(memory_format=cl)
-    with torch.inference_mode():
-        y = conv(x)
-        z = up(y)
-        with fastpath.reference_ops():
-            y_ref = conv(x.contiguous())
-            z_ref = up(y_ref)
-    assert y.is_contiguous(memory_format=cl) and not y.is_contiguous()
-    assert z.is_contiguous(memory_format=cl) and not z.is_contiguous()
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
-
-
 def test_conv3d_takes_reference_path_for_training_and_autocast():
     conv = Conv3d(2, 4, 3, padding=1)
     x = torch.randn(1, 2, 4, 4, 4, requires_grad=True)

@@ -28,24 +28,19 @@ class SafeBatchNorm2d(_SafeBatchNorm, nn.BatchNorm2d):
     pass
 
 
-_CL3D = torch.channels_last_3d
-
-
 class Conv3d(nn.Conv3d):
     """nn.Conv3d that always uses oneDNN for CPU float32 inference.
 
     For batch 1, aten picks its own im2col kernel whenever N*C*D*H <= 20480 (a rule written for 2D maps), which
     is most 3D convolutions of this model: the stereo depth-aggregation stem and U-Net, the coarser mixer
     stages. That kernel is 5-15x slower there than oneDNN, whose result is the same up to float summation order.
-    Where aten already chose oneDNN the output is bitwise unchanged. Channels-last input (the stereo
-    aggregation's) keeps its layout: the weight is viewed channels-last too, as oneDNN wants.
+    Where aten already chose oneDNN the output is bitwise unchanged.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode == "zeros" and not isinstance(self.padding, str) and \
                 fastpath.cpu_fp32_inference(x, self.weight):
-            weight = self.weight if x.is_contiguous() else self.weight.contiguous(memory_format=_CL3D)
-            return torch.mkldnn_convolution(x, weight, self.bias, self.padding, self.stride, self.dilation,
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                             self.groups)
         return super().forward(x)
 
@@ -60,8 +55,8 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if output_size is None and self.padding_mode == "zeros" and fastpath.cpu_fp32_inference(x, self.weight):
             out = F.conv_transpose3d(x.contiguous().to_mkldnn(), self.weight, self.bias, self.stride, self.padding,
-                                     self.output_padding, self.groups, self.dilation).to_dense()
-            return out if x.is_contiguous() else out.contiguous(memory_format=_CL3D)
+                                     self.output_padding, self.groups, self.dilation)
+            return out.to_dense()
         return super().forward(x, output_size)
 
 
