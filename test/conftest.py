@@ -42,6 +42,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """CLI tests run ``main([... "--threads", "1"])`` in this process; torch's thread count is process-wide, so
+    without this every later test (the fast-path comparisons among them) would run single-threaded."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture()
 def ros_context():
     """An initialised rclpy context, shut down after the test. Skips when rclpy is not importable."""
