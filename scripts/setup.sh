@@ -17,6 +17,10 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # Project machines set this, and uv installs without precompiling: every process would recompile torch from source.
 unset PYTHONDONTWRITEBYTECODE
+# uv trusts only its bundled root certificates unless told otherwise: behind a TLS-inspecting proxy (its CA added to
+# the system store, as on project machines) every index request fails with "invalid peer certificate" once
+# SSL_CERT_FILE is not in the environment. The system store holds the public roots too.
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}"
 
 # 1. uv: resolves and downloads in parallel. pip asks the index once per package, one after another; with ~190
 #    packages behind a slow link that alone took over an hour in CI. The pinned wheel is fetched directly.
