@@ -20,7 +20,8 @@ from rclpy.serialization import serialize_message
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.grid_codec import DENSE, ENCODINGS, encode_grid
 from scanssc_ros.labels import LabelSet
-from scanssc_ros.ros.grid_message import fill_grid_header
+from scanssc_ros.ros.grid_message import checked_labels, fill_grid_header
+from scanssc_ros.ros.marker_cdr import cdr_byte_order
 from scanssc_ros.ros.voxel_encode import confidence_u8
 
 _SEED = {"indices": 11, "labels": 12, "confidence": 13}
@@ -38,25 +39,27 @@ def grid_message_cdr(labels: np.ndarray, grid: GridSpec, header: Any, label_set:
     """The CDR bytes of ``grid_message.to_grid_message`` with the same arguments."""
     from scanssc_ros.msg import SemanticVoxelGrid
 
-    payload = encode_grid(labels, None if confidence is None else confidence_u8(confidence), encoding)
+    payload = encode_grid(checked_labels(labels, grid), None if confidence is None else confidence_u8(confidence),
+                          encoding)
     msg = SemanticVoxelGrid()
-    fill_grid_header(msg, labels, grid, header, label_set, T_out_grid, colors, payload.encoding)
-    parts: List[Tuple[str, Any, int, int]] = []  # field, payload (bytes-like), elements, element size
+    fill_grid_header(msg, grid, header, label_set, T_out_grid, colors, payload.encoding)
+    parts: List[Tuple[str, Any, np.ndarray, int]] = []  # field, payload (bytes-like), sentinel, element size
     for field, data, size in (("indices", payload.indices, 4), ("labels", payload.labels, 1),
                               ("confidence", payload.confidence, 1)):
         n = len(data)
         if n:
             # same length modulo 8 bytes (4-byte elements: modulo 2), at least 16 bytes so it is unambiguous
-            count = (16 if size == 1 else 8) + n % (8 // size)
-            setattr(msg, field, _sentinel(field, count, size).tolist())
-            parts.append((field, data, count, size))
+            sentinel = _sentinel(field, (16 if size == 1 else 8) + n % (8 // size), size)
+            setattr(msg, field, sentinel.tolist())
+            parts.append((field, data, sentinel, size))
     raw = serialize_message(msg)
     if not parts:
         return raw
-    order = _byte_order(raw)
+    order = cdr_byte_order(raw)
     pieces, cursor = [], 0
-    for field, data, count, size in parts:
-        sentinel = _sentinel(field, count, size).astype(order + ("u1" if size == 1 else "u4")).tobytes()
+    for field, data, values, size in parts:
+        count = values.size
+        sentinel = values.astype(order + ("u1" if size == 1 else "u4")).tobytes()
         pos = raw.find(sentinel, cursor)
         if pos < 0 or raw.find(sentinel, pos + 1) >= 0:
             raise ValueError(f"{field}: sentinel not found exactly once")
@@ -70,13 +73,6 @@ def grid_message_cdr(labels: np.ndarray, grid: GridSpec, header: Any, label_set:
         cursor = pos + count * size
     pieces.append(raw[cursor:])
     return b"".join(pieces)
-
-
-def _byte_order(raw: bytes) -> str:
-    # CDR encapsulation header: 0x00 0x00 = big endian, 0x00 0x01 = little endian
-    if raw[0] != 0 or raw[1] not in (0, 1):
-        raise ValueError(f"unexpected CDR encapsulation {raw[:4]!r}")
-    return "<" if raw[1] == 1 else ">"
 
 
 def grid_cdr_self_check() -> bool:

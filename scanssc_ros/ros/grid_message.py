@@ -64,10 +64,10 @@ def to_grid_message(labels: np.ndarray, grid: GridSpec, header: Any, label_set: 
     ``encoding``: the payload (``grid_codec``: dense, sparse or zlib). ``grid_cdr.grid_message_cdr`` gives the
     same message serialized, with one copy of the payload instead of three.
     """
-    payload = encode_grid(_checked(labels, grid), None if confidence is None else confidence_u8(confidence),
+    payload = encode_grid(checked_labels(labels, grid), None if confidence is None else confidence_u8(confidence),
                           encoding)
     msg = SemanticVoxelGrid()
-    fill_grid_header(msg, labels, grid, header, label_set, T_out_grid, colors, payload.encoding)
+    fill_grid_header(msg, grid, header, label_set, T_out_grid, colors, payload.encoding)
     if payload.indices.size:
         msg.indices = array.array("I", payload.indices.tobytes())
     msg.labels = _byte_array(payload.labels)
@@ -76,7 +76,8 @@ def to_grid_message(labels: np.ndarray, grid: GridSpec, header: Any, label_set: 
     return msg
 
 
-def _checked(labels: np.ndarray, grid: GridSpec) -> np.ndarray:
+def checked_labels(labels: np.ndarray, grid: GridSpec) -> np.ndarray:
+    """``labels`` as an array, refused unless uint8 of the grid's shape."""
     labels = np.asarray(labels)
     if labels.shape != tuple(grid.dims):
         raise ValueError(f"labels shape {labels.shape} does not match grid dims {grid.dims}")
@@ -85,10 +86,9 @@ def _checked(labels: np.ndarray, grid: GridSpec) -> np.ndarray:
     return labels
 
 
-def fill_grid_header(msg: Any, labels: np.ndarray, grid: GridSpec, header: Any, label_set: LabelSet,
-                     T_out_grid: Optional[np.ndarray], colors: Optional[list], encoding: str) -> None:
+def fill_grid_header(msg: Any, grid: GridSpec, header: Any, label_set: LabelSet, T_out_grid: Optional[np.ndarray],
+                     colors: Optional[list], encoding: str) -> None:
     """Every field of a SemanticVoxelGrid but the payload (indices, labels, confidence)."""
-    _checked(labels, grid)
     msg.header = header
     msg.origin = pose_from_matrix(grid_origin_matrix(grid, np.eye(4) if T_out_grid is None else T_out_grid))
     msg.voxel_size = float(grid.voxel_size)

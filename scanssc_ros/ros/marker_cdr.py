@@ -29,7 +29,7 @@ def _sentinel(k: int) -> Point:
     return Point(x=_SENTINEL_XY[0], y=_SENTINEL_XY[1], z=float(k) + 0.25)
 
 
-def _byte_order(raw: bytes) -> str:
+def cdr_byte_order(raw: bytes) -> str:
     # CDR encapsulation header: 0x00 0x00 = big endian, 0x00 0x01 = little endian (plain CDR / XCDR1)
     if raw[0] != 0 or raw[1] not in (0, 1):
         raise ValueError(f"unexpected CDR encapsulation {raw[:4]!r}")
@@ -47,7 +47,7 @@ def splice_points(markers: Sequence[Marker], points: Sequence[np.ndarray]) -> by
             raise ValueError("a CUBE_LIST needs at least one point")
         m.points = [_sentinel(k)]
     raw = serialize_message(MarkerArray(markers=list(markers)))
-    order = _byte_order(raw)
+    order = cdr_byte_order(raw)
     pieces, cursor = [], 0
     for k, p in enumerate(points):
         pattern = struct.pack(order + "ddd", _SENTINEL_XY[0], _SENTINEL_XY[1], float(k) + 0.25)
@@ -76,10 +76,11 @@ def marker_array_cdr(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, he
     ``reuse``: see :func:`voxel_encode.marker_skeleton` (the bytes are all that is kept of the markers)."""
     markers, groups, present = marker_skeleton(indices, labels, grid, header, class_names, colors, prev_namespaces,
                                                lifetime, pose, clear_first, reuse)
+    if not groups:
+        return splice_points(markers, []), present
     # one centre computation for all classes, then split (per class it was 19 small numpy pipelines)
-    centres = voxel_center_of_flat(np.concatenate(groups), grid) if groups else np.empty((0, 3))
-    bounds = np.cumsum([g.size for g in groups])[:-1]
-    return splice_points(markers, np.split(centres, bounds) if groups else []), present
+    centres = voxel_center_of_flat(np.concatenate(groups), grid)
+    return splice_points(markers, np.split(centres, np.cumsum([g.size for g in groups])[:-1])), present
 
 
 def cdr_self_check(grid: GridSpec) -> bool:
