@@ -43,3 +43,20 @@ def neighbour(mask: np.ndarray, axis: int, sign: int) -> np.ndarray:
 def surface_mask(labels: np.ndarray) -> np.ndarray:
     """Occupied voxels of a label grid with a visible face (see :func:`exposed_mask`)."""
     return exposed_mask(occupied_mask(labels))
+
+
+def flat_nonzero(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(mask)`` for a bool array, faster when the True entries are sparse. Eight flags at a time are
+    one uint64 word: only the words that hold a True are searched byte by byte. A 3 % occupied 256 x 256 x 32 grid
+    takes about half the time of the per-byte search (``bench/bench_encode.py``); when more than half the words hold
+    a True it costs more, so those masks take the plain search."""
+    flat = np.ascontiguousarray(mask, bool).reshape(-1)
+    if flat.size % 8 or flat.size < 4096:
+        return np.flatnonzero(flat)
+    words = flat.view(np.uint64)
+    busy = words != 0
+    if 2 * np.count_nonzero(busy) > words.size:
+        return np.flatnonzero(flat)
+    hit_words = np.flatnonzero(busy)
+    within = np.flatnonzero(words[hit_words].view(bool))  # word k's bytes are entries 8k..8k+7, in memory order
+    return (hit_words[within >> 3] << 3) | (within & 7)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from scanssc_ros import geometry as g
@@ -93,3 +94,36 @@ def test_voxel_centres_in_a_frame_match_transforming_the_grid_centres():
         got = voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, pose)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expect, atol=1e-5)  # float32 output of metre-scale coordinates
+
+
+def test_unravel_flat_equals_numpy_on_power_of_two_and_other_dims():
+    from scanssc_ros.geometry import unravel_flat
+
+    rng = np.random.default_rng(1)
+    for dims in ((256, 256, 32), (3, 4, 8), (7, 16), (256, 255, 32), (2, 2, 2, 2), (5,), (1, 1, 1)):
+        n = int(np.prod(dims))
+        flat = np.concatenate([[0, n - 1], rng.integers(0, n, 2000)])
+        got, expect = unravel_flat(flat, dims), np.unravel_index(flat, dims)
+        assert len(got) == len(dims)
+        for axis, e in zip(got, expect):
+            assert axis.dtype == np.int64
+            np.testing.assert_array_equal(axis, e, err_msg=str(dims))
+    assert [a.size for a in unravel_flat(np.zeros(0, np.int64), (256, 256, 32))] == [0, 0, 0]
+    for dims in ((256, 256, 32), (3, 5, 7)):
+        for bad in (-1, int(np.prod(dims))):
+            with pytest.raises(ValueError):
+                unravel_flat(np.array([3, bad]), dims)
+
+
+def test_voxel_centres_written_into_a_record_view():
+    from scanssc_ros.geometry import SEMANTIC_KITTI_GRID, voxel_centers_in_frame
+
+    flat = np.array([0, 7, 123_456, SEMANTIC_KITTI_GRID.num_voxels - 1])
+    T = np.eye(4)
+    T[:3, 3] = (1.0, 2.0, 3.0)
+    records = np.zeros((flat.size, 5), np.float32)
+    voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, T, out=records[:, 1:4])
+    np.testing.assert_array_equal(records[:, 1:4], voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, T))
+    assert not records[:, [0, 4]].any()
+    with pytest.raises(ValueError, match="shape"):
+        voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, T, out=records[:2, 1:4])

@@ -146,6 +146,10 @@ def test_column_bits_and_highest_bit():
         bits = column_bits(mask)
         assert bits.tolist() == expect
         assert highest_bit(bits).tolist() == [(v.bit_length() - 1) for v in expect]
+    # around 2^53, where a float64 stops holding every integer: the exponent path below, bit smearing above
+    for values in ([0, 1, 2**53 - 1, 2**52 + 1], [2**53, 2**53 + 1, 2**64 - 1, 2**60 - 1, 0, 3]):
+        assert highest_bit(np.array(values, np.uint64)).tolist() == [v.bit_length() - 1 for v in values]
+    assert highest_bit(np.zeros(0, np.uint64)).tolist() == []
 
 
 def obstacle_reference(labels, grid, rule, band, classes=None):

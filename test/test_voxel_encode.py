@@ -128,6 +128,24 @@ def test_select_matches_reference(seed: int) -> None:
         assert got.tolist() == reference_select(labels, **kw), kw
 
 
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.03, 0.1, 0.4, 1.0])
+def test_flat_nonzero_equals_numpy(density: float) -> None:
+    from scanssc_ros.voxels import flat_nonzero
+
+    rng = np.random.default_rng(int(density * 1000))
+    for shape in ((256, 256, 32), (64, 64, 8), (1001, 9), (4097,), (5, 3)):  # word path and the fallbacks
+        mask = rng.random(shape) < density
+        got = flat_nonzero(mask)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, np.flatnonzero(mask), err_msg=str(shape))
+    clustered = np.zeros((256, 256, 32), bool)  # whole columns, as in a scene: few busy words, all bytes set
+    clustered[40:60, 100:180, 3:11] = True
+    np.testing.assert_array_equal(flat_nonzero(clustered), np.flatnonzero(clustered))
+    strided = np.zeros((512, 256, 32), bool)[::2]  # not contiguous
+    strided[5, 6, 7] = True
+    np.testing.assert_array_equal(flat_nonzero(strided), np.flatnonzero(strided))
+
+
 def test_select_ties_and_sensor_position() -> None:
     labels = np.ones(GRID.dims, np.uint8)
     for sensor in [(0.0, 0.0, 0.0), (1.25, -0.75, 0.25)]:
@@ -194,6 +212,10 @@ def test_pointcloud_matches_reference(seed: int) -> None:
     cloud = read_cloud(msg)
     assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "label"] + (["confidence"] if seed != 1 else [])
     ref = reference_points(idx, labels, GRID, np.eye(4) if pose is None else pose)
+    records = np.frombuffer(bytes(msg.data), np.uint8).reshape(-1, msg.point_step)
+    assert not records[:, 18:].any()  # the padding goes out as zeros, not as whatever memory held
+    if seed == 1:
+        assert not records[:, 17].any()
     for n, f in enumerate(idx.tolist()):
         (x, y, z), lab = ref[f]
         assert cloud["x"][n] == pytest.approx(x, abs=1e-5) and cloud["y"][n] == pytest.approx(y, abs=1e-5)

@@ -62,7 +62,7 @@ def splice_points(markers: Sequence[Marker], points: Sequence[np.ndarray]) -> by
         else:
             raise ValueError("points sequence length not found before the sentinel")
         pieces += [raw[cursor:length_at], struct.pack(order + "I", len(p)), raw[length_at + 4:pos],
-                   np.ascontiguousarray(p, dtype=order + "f8").tobytes()]
+                   memoryview(np.ascontiguousarray(p, dtype=order + "f8")).cast("B")]  # join copies it once
         cursor = pos + 24
     pieces.append(raw[cursor:])
     return b"".join(pieces)
@@ -78,7 +78,8 @@ def marker_array_cdr(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, he
                                                lifetime, pose, clear_first, reuse)
     if not groups:
         return splice_points(markers, []), present
-    # one centre computation for all classes, then split (per class it was 19 small numpy pipelines)
+    # one centre computation for all classes, then split (per class it was 19 small numpy pipelines); the groups
+    # are consecutive slices of one array, so the concatenation is a copy of it
     centres = voxel_center_of_flat(np.concatenate(groups), grid)
     return splice_points(markers, np.split(centres, np.cumsum([g.size for g in groups])[:-1])), present
 
