@@ -28,13 +28,16 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "scanssc_lite_synth.pt"
 @pytest.mark.parametrize("cin,cout,k,stride,shape", [
     (2, 8, 3, 1, (12, 10, 20)),  # shapes where aten picks its im2col kernel for batch 1
     (16, 16, 3, 2, (8, 8, 4)),
-    (32, 16, 1, 1, (6, 6, 2)),
+    (32, 16, 1, 1, (6, 6, 2)),  # 1x1x1: one matrix product
+    (8, 8, 1, 1, (14, 12, 40)),
+    (48, 3, 1, 2, (6, 6, 4)),  # strided 1x1x1: oneDNN
     (16, 32, 3, 1, (20, 20, 8)),  # and one where it already picks oneDNN
 ])
-def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape):
+@pytest.mark.parametrize("batch,bias", [(1, True), (2, False)])
+def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape, batch, bias):
     torch.manual_seed(0)
-    conv = Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=True).eval()
-    x = torch.randn(1, cin, *shape)
+    conv = Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=bias).eval()
+    x = torch.randn(batch, cin, *shape)
     with torch.inference_mode():
         fast = conv(x)
         with fastpath.reference_ops():

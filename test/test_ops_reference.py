@@ -105,6 +105,12 @@ def test_msda_chunking_does_not_change_result():
     a = ms_deform_attn(value, [(5, 6)], loc, w)
     b = ms_deform_attn(value, [(5, 6)], loc, w, max_samples=30)
     assert torch.allclose(a, b, atol=1e-6)
+    # with autograd the samples are not weighted in place: same values, and the gradients reach every input
+    leaves = [t.clone().requires_grad_(True) for t in (value, loc, w)]
+    c = ms_deform_attn(*leaves[:1], [(5, 6)], *leaves[1:], max_samples=30)
+    assert torch.equal(c.detach(), b)
+    c.square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)
 
 
 # ----------------------------------------------------------------------------------------- DFA3D

@@ -42,26 +42,36 @@ def _phases(s: int) -> List[Tuple[int, float]]:
     return out
 
 
-def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0, 0),
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Linear x``s`` upsampling along ``dim`` (align_corners=False, edge-clamped like F.interpolate).
     ``halo``: how many of ``x``'s first/last slices along ``dim`` (0 or 1) are only neighbours, not upsampled;
-    where there is none the edge is clamped, as at the border of the whole volume."""
+    where there is none the edge is clamped, as at the border of the whole volume. ``out``: a buffer of shape
+    ``x.shape[:dim] + (n, s) + x.shape[dim + 1:]`` to write into (n = slices upsampled), so a caller that goes
+    slab by slab reuses one buffer instead of faulting in fresh pages for every slab."""
     h0, h1 = halo
     n = x.shape[dim] - h0 - h1
-    if s == 1:
-        return x.narrow(dim, h0, n).clone()  # a copy: the caller reduces slabs in place
+    shape = (*x.shape[:dim], n, s, *x.shape[dim + 1:])
+    if out is None:
+        out = x.new_empty(shape)
+    elif tuple(out.shape) != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
     ctr = x.narrow(dim, h0, n)
-    if h0:
-        left = x.narrow(dim, 0, n)
-    else:
-        left = torch.cat([ctr.narrow(dim, 0, 1), ctr.narrow(dim, 0, n - 1)], dim)
-    if h1:
-        right = x.narrow(dim, h0 + 1, n)
-    else:
-        right = torch.cat([ctr.narrow(dim, 1, n - 1), ctr.narrow(dim, n - 1, 1)], dim)
-    out = x.new_empty(*x.shape[:dim], n, s, *x.shape[dim + 1:])
+    if s == 1:
+        out.select(dim + 1, 0).copy_(ctr)  # a copy: the caller reduces slabs in place
+        return out.flatten(dim, dim + 1)
     for r, (off, w) in enumerate(_phases(s)):
-        torch.lerp(ctr, left if off < 0 else right, w, out=out.select(dim + 1, r))
+        dst = out.select(dim + 1, r)
+        has_halo = h0 if off < 0 else h1
+        if has_halo:
+            torch.lerp(ctr, x.narrow(dim, h0 + off, n), w, out=dst)
+            continue
+        # no neighbour beyond the edge: the edge slice is clamped, and lerp(a, a, w) is exactly a
+        inner, edge = (1, 0) if off < 0 else (0, n - 1)
+        if n > 1:
+            torch.lerp(ctr.narrow(dim, inner, n - 1), ctr.narrow(dim, inner + off, n - 1), w,
+                       out=dst.narrow(dim, inner, n - 1))
+        dst.narrow(dim, edge, 1).copy_(ctr.narrow(dim, edge, 1))
     return out.flatten(dim, dim + 1)
 
 
@@ -81,14 +91,19 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
     coarse = coarse.float()
     if slab is None:
         slab = max(1, _SLAB_BYTES // (4 * C * sx * Y * Z))
+    slab = min(slab, x)
     first = torch.arange(C, 0, -1, dtype=torch.float32, device=coarse.device).view(C, 1, 1, 1)
     labels = torch.empty(out_size, dtype=torch.uint8, device=coarse.device)
     conf = torch.empty(out_size, dtype=torch.uint8, device=coarse.device)
-    yz = upsample_axis(upsample_axis(coarse, 3, sz), 2, sy)  # a quarter (lite) of the final size, made once
+    zup = upsample_axis(coarse, 3, sz)  # (C, x, y, Z): 1/(sx*sy) of the final size
+    # one buffer each for the y-upsampled slab (with its x neighbours) and the x-upsampled one, reused
+    yz_buf = coarse.new_empty(C, min(x, slab + 2), y, sy, Z)
+    up_buf = coarse.new_empty(C, slab, sx, Y, Z)
     for i0 in range(0, x, slab):
         i1 = min(x, i0 + slab)
         lo, hi = max(0, i0 - 1), min(x, i1 + 1)  # the x neighbours of the slab's outputs
-        up = upsample_axis(yz[:, lo:hi], 1, sx, (i0 - lo, hi - i1))
+        yz = upsample_axis(zup[:, lo:hi], 2, sy, out=yz_buf[:, :hi - lo])
+        up = upsample_axis(yz, 1, sx, (i0 - lo, hi - i1), out=up_buf[:, :i1 - i0])
         m = up.amax(dim=0)
         e = up.sub_(m).exp_()
         inv = e.sum(dim=0).reciprocal_()

@@ -40,9 +40,26 @@ class Conv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode == "zeros" and not isinstance(self.padding, str) and \
                 fastpath.cpu_fp32_inference(x, self.weight):
+            if self._pointwise and x.dim() == 5:
+                return self._pointwise_matmul(x)
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                             self.groups)
         return super().forward(x)
+
+    @property
+    def _pointwise(self) -> bool:
+        return (self.kernel_size, self.stride, tuple(self.padding), self.groups) == ((1, 1, 1), (1, 1, 1),
+                                                                                  (0, 0, 0), 1)
+
+    def _pointwise_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        # a 1x1x1 convolution is a (Cout x Cin) matrix times the (Cin x voxels) volume: one GEMM, where oneDNN
+        # reorders the volume to its blocked layout and back (2-8x slower at 8-48 channels)
+        N, C, D, H, W = x.shape
+        w = self.weight.view(self.out_channels, C)
+        flat = x.reshape(N, C, D * H * W)
+        out = torch.matmul(w, flat) if self.bias is None else torch.baddbmm(
+            self.bias.view(1, -1, 1).expand(N, -1, D * H * W), w.expand(N, -1, -1), flat)
+        return out.view(N, self.out_channels, D, H, W)
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):

@@ -6,19 +6,27 @@ is unstable. Queries are processed in chunks so the (heads, dims, queries, point
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 _MAX_SAMPLES = 1 << 24  # elements of one chunk's sample tensor (64 MB in fp32)
+# on CPU a 4 MB chunk stays in cache and reuses freed memory, where 64 MB ones were fresh pages every time:
+# the lite self-attention's sampling took 46 instead of 60 ms (min of 12), with bitwise the same result
+_CPU_MAX_SAMPLES = 1 << 20
 
 
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], locations: torch.Tensor,
-                   weights: torch.Tensor, max_samples: int = _MAX_SAMPLES) -> torch.Tensor:
+                   weights: torch.Tensor, max_samples: Optional[int] = None) -> torch.Tensor:
     """value (B, S, nH, Dh) with S = sum(h*w) over levels (row-major per level);
     locations (B, Q, nH, L, P, 2) normalised (x, y) in [0, 1]; weights (B, Q, nH, L, P).
-    Returns (B, Q, nH*Dh) in float32 (float64 for float64 inputs)."""
+    Returns (B, Q, nH*Dh) in float32 (float64 for float64 inputs). ``max_samples``: elements of one chunk's
+    sample tensor (default: 2^20 on CPU, 2^24 elsewhere)."""
+    if max_samples is None:
+        max_samples = _CPU_MAX_SAMPLES if value.device.type == "cpu" else _MAX_SAMPLES
+    # without autograd the samples are weighted in place (no second tensor of their size)
+    in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights)))
     B, S, nH, Dh = value.shape
     _, Q, _, L, P, _ = locations.shape
     if sum(h * w for h, w in spatial_shapes) != S:
@@ -43,7 +51,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]
                 g = grids[:, :, q0:q1, lvl].reshape(B * nH, q1 - q0, P, 2)
                 s = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # B*nH,Dh,q,P
                 wl = wts[:, :, q0:q1, lvl].reshape(B * nH, 1, q1 - q0, P)
-                part = (s * wl).sum(-1)
+                part = (s.mul_(wl) if in_place else s * wl).sum(-1)
                 acc = part if acc is None else acc + part
             outs.append(acc)
         out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # B*nH, Dh, Q
