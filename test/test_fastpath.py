@@ -56,6 +56,20 @@ def test_conv3d_takes_reference_path_for_training_and_autocast():
     assert isinstance(conv, nn.Conv3d)  # same parameters and state-dict keys as before
 
 
+def test_fast_paths_step_aside_under_torch_compile():
+    """torch.compile traces the standard ops (it cannot trace the oneDNN calls on fake tensors) and picks its own
+    kernels; the "eager" backend runs the trace, so this checks the tracing, not a compiler."""
+    torch.manual_seed(0)
+    block = nn.Sequential(Conv3d(4, 8, 3, padding=1), Conv3d(8, 8, 1),
+                          ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1)).eval()
+    x = torch.randn(1, 4, 6, 5, 4)
+    with torch.inference_mode():
+        compiled = torch.compile(block, backend="eager", fullgraph=True)(x)
+        with fastpath.reference_ops():
+            ref = block(x)
+    torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("cin,cout,shape,bias", [(16, 8, (14, 12, 20), False), (32, 16, (5, 6, 7), True)])
 def test_conv_transpose3d_onednn_matches_reference(cin, cout, shape, bias):
     torch.manual_seed(0)

@@ -33,8 +33,8 @@ def reference_ops() -> Iterator[None]:
 def cpu_fp32_inference(*tensors: torch.Tensor) -> bool:
     """True where a CPU fast path may replace the reference: fast paths on, float32 CPU tensors, no autocast
     (which would cast inside the reference op) and nothing that needs a gradient."""
-    if not _STATE["fast"] or torch.is_autocast_enabled("cpu"):
-        return False
+    if not _STATE["fast"] or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+        return False  # under torch.compile the standard ops are traced and the compiler picks the kernels
     grad = torch.is_grad_enabled()
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and not (grad and t.requires_grad)
                for t in tensors)
