@@ -13,12 +13,13 @@ from torch import nn
 
 from scanssc_ros.config import variant
 from scanssc_ros.model import fastpath
-from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference, upsample_axis
+from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
 from scanssc_ros.model.layers import Conv3d, ConvTranspose3d
 from scanssc_ros.model.lift import SplatPlan, frustum_points, lss_pool
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
 from scanssc_ros.model.scanssc import ScanSSC
+from scanssc_ros.model.upsample import trilinear, upsample_axis
 from scanssc_ros.predictor import Predictor
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "scanssc_lite_synth.pt"
@@ -161,6 +162,30 @@ def test_labels_confidence_matches_reference(dims, out_size, slab):
     assert lab.dtype == conf.dtype == torch.uint8 and lab.shape == tuple(out_size)
     assert torch.equal(lab, ref_l)
     assert (conf.int() - ref_c.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("shape,size", [((1, 16, 8, 8, 2), (16, 16, 4)), ((2, 3, 5, 4, 3), (10, 12, 3)),
+                                        ((1, 4, 1, 2, 2), (3, 4, 4))])
+def test_trilinear_matches_interpolate(shape, size):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    ref = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    with torch.inference_mode():
+        fast = trilinear(x, size)
+        with fastpath.reference_ops():
+            assert torch.equal(trilinear(x, size), ref)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)
+    x.requires_grad_(True)
+    trilinear(x, size).sum().backward()  # training takes aten's op, with its gradient
+    assert x.grad is not None
+
+
+def test_trilinear_non_integer_scale_is_aten():
+    x = torch.randn(1, 2, 4, 6, 3)
+    with torch.inference_mode():
+        assert torch.equal(trilinear(x, (6, 9, 3)), F.interpolate(x, size=(6, 9, 3), mode="trilinear",
+                                                                    align_corners=False))
 
 
 def test_labels_confidence_rejects_non_integer_scale():

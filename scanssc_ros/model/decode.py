@@ -16,9 +16,11 @@ slab is built, reduced and dropped while it is still in cache:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
+
+from .upsample import upsample_axis
 
 _SLAB_BYTES = 8 << 20  # upsampled logits per slab: a few MiB stays in L2/L3 here
 
@@ -31,48 +33,6 @@ def labels_confidence_reference(logits: torch.Tensor) -> Tuple[torch.Tensor, tor
     """Full-resolution logits (C, X, Y, Z) -> (labels uint8, confidence uint8), each (X, Y, Z)."""
     conf, labels = logits.float().softmax(dim=0).max(dim=0)
     return labels.to(torch.uint8), confidence_u8(conf)
-
-
-def _phases(s: int) -> List[Tuple[int, float]]:
-    """For each output phase r of an align_corners=False x``s`` upsampling: (neighbour offset, weight on it)."""
-    out = []
-    for r in range(s):
-        t = (r + 0.5) / s - 0.5  # source coordinate relative to input i
-        out.append((-1, -t) if t < 0 else (1, t))
-    return out
-
-
-def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0, 0),
-                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Linear x``s`` upsampling along ``dim`` (align_corners=False, edge-clamped like F.interpolate).
-    ``halo``: how many of ``x``'s first/last slices along ``dim`` (0 or 1) are only neighbours, not upsampled;
-    where there is none the edge is clamped, as at the border of the whole volume. ``out``: a buffer of shape
-    ``x.shape[:dim] + (n, s) + x.shape[dim + 1:]`` to write into (n = slices upsampled), so a caller that goes
-    slab by slab reuses one buffer instead of faulting in fresh pages for every slab."""
-    h0, h1 = halo
-    n = x.shape[dim] - h0 - h1
-    shape = (*x.shape[:dim], n, s, *x.shape[dim + 1:])
-    if out is None:
-        out = x.new_empty(shape)
-    elif tuple(out.shape) != shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
-    ctr = x.narrow(dim, h0, n)
-    if s == 1:
-        out.select(dim + 1, 0).copy_(ctr)  # a copy: the caller reduces slabs in place
-        return out.flatten(dim, dim + 1)
-    for r, (off, w) in enumerate(_phases(s)):
-        dst = out.select(dim + 1, r)
-        has_halo = h0 if off < 0 else h1
-        if has_halo:
-            torch.lerp(ctr, x.narrow(dim, h0 + off, n), w, out=dst)
-            continue
-        # no neighbour beyond the edge: the edge slice is clamped, and lerp(a, a, w) is exactly a
-        inner, edge = (1, 0) if off < 0 else (0, n - 1)
-        if n > 1:
-            torch.lerp(ctr.narrow(dim, inner, n - 1), ctr.narrow(dim, inner + off, n - 1), w,
-                       out=dst.narrow(dim, inner, n - 1))
-        dst.narrow(dim, edge, 1).copy_(ctr.narrow(dim, edge, 1))
-    return out.flatten(dim, dim + 1)
 
 
 def _scale(n_in: int, n_out: int) -> int:
@@ -109,6 +69,7 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
         inv = e.sum(dim=0).reciprocal_()
         # 1 where a class's probability equals the maximum one (1 / sum), weighted so the first such class wins
         key = e.mul_(inv).eq_(inv).mul_(first).amax(dim=0)
-        labels[i0 * sx:i1 * sx] = (C - key).to(torch.uint8)
-        conf[i0 * sx:i1 * sx] = confidence_u8(inv)
+        # in place and cast by copy_ (exact: whole numbers in 0..255), no temporaries per slab
+        labels[i0 * sx:i1 * sx].copy_(key.neg_().add_(C))
+        conf[i0 * sx:i1 * sx].copy_(inv.mul_(255.0).round_().clamp_(0, 255))
     return labels, conf

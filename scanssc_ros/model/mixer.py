@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Conv3d
+from .upsample import trilinear
 
 
 class ConvModule3d(nn.Module):
@@ -81,7 +82,7 @@ class GeneralizedLSSFPN(nn.Module):
     def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
-            up = F.interpolate(x, size=feats[i].shape[2:], mode="trilinear", align_corners=False)
+            up = trilinear(x, feats[i].shape[2:])
             x = self.fpn_convs[i](self.lateral_convs[i](torch.cat([feats[i], up], dim=1)))
         return x
 
