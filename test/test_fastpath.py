@@ -15,7 +15,7 @@ from scanssc_ros.config import variant
 from scanssc_ros.model import fastpath
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
-from scanssc_ros.model.layers import Conv3d, ConvTranspose3d
+from scanssc_ros.model.layers import Conv3d, ConvTranspose3d, softmax_last
 from scanssc_ros.model.lift import SplatPlan, frustum_points, lss_pool
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
 from scanssc_ros.model.scanssc import ScanSSC
@@ -71,6 +71,18 @@ def test_fast_paths_step_aside_under_torch_compile():
     torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 300, 4, 2, 4), (2, 50, 8, 5), (2, 50, 8, 8), (7, 17), (3, 40)])
+def test_softmax_last_matches_reference(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 4
+    with torch.inference_mode():
+        fast = softmax_last(x)
+        with fastpath.reference_ops():
+            assert torch.equal(softmax_last(x), x.softmax(-1))
+    assert fast.shape == x.shape and fast.is_contiguous()
+    torch.testing.assert_close(fast, x.softmax(-1), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("cin,cout,shape,bias", [(16, 8, (14, 12, 20), False), (32, 16, (5, 6, 7), True)])
 def test_conv_transpose3d_onednn_matches_reference(cin, cout, shape, bias):
     torch.manual_seed(0)
@@ -118,7 +130,7 @@ def test_splat_plan_equals_lss_pool_and_is_kept_per_camera():
 
 
 # ----------------------------------------------------------------------------------------- neighbourhood attention
-@pytest.mark.parametrize("heads,H,W,dh,k", [(1, 7, 9, 5, 5), (2, 6, 11, 3, 3), (1, 5, 5, 4, 5)])
+@pytest.mark.parametrize("heads,H,W,dh,k", [(1, 7, 9, 5, 5), (2, 6, 11, 3, 3), (1, 5, 5, 4, 5), (1, 9, 7, 2, 7)])
 def test_neighborhood_attention_by_offset_matches_reference(heads, H, W, dh, k):
     torch.manual_seed(1)
     q, key, v = (torch.randn(2, heads, H, W, dh, dtype=torch.float64) for _ in range(3))

@@ -26,7 +26,7 @@ from scanssc_ros.config import ModelConfig
 from scanssc_ros.geometry import project_points, voxel_centers
 
 from .dfa3d import dfa3d_sample
-from .layers import LearnedPositionalEncoding
+from .layers import LearnedPositionalEncoding, softmax_last
 from .msda import ms_deform_attn
 from .scan import ScanBlock
 from .timing import stage
@@ -88,7 +88,7 @@ class MSDeformableAttention3D(nn.Module):
         off_d = self.sampling_offsets_depth(query).view(B, Q, nH, P, 1)
         norm = off_uv.new_tensor([w, h, depth.shape[-1]])
         loc = ref[:, :, None, None, :] + torch.cat([off_uv, off_d], dim=-1) / norm
-        weights = self.attention_weights(query).view(B, Q, nH, P).softmax(-1)
+        weights = softmax_last(self.attention_weights(query).view(B, Q, nH, P))
         return dfa3d_sample(v, depth, shape_hw, loc, weights)
 
 
@@ -133,7 +133,7 @@ class DeformSelfAttention(nn.Module):
         qcat = torch.cat([query, query + pos], dim=-1)
         value = self.value_proj(query).view(B, N, nH, C // nH)
         off = self.sampling_offsets(qcat).view(B, N, nH, nQ, P, 2) / query.new_tensor([cols, rows])
-        weights = self.attention_weights(qcat).view(B, N, nH, nQ, P).softmax(-1)
+        weights = softmax_last(self.attention_weights(qcat).view(B, N, nH, nQ, P))
         # every queue samples the same features, so the queue average is one sum over nQ*P points at weight/nQ
         loc = (ref[None, :, None, None, None, :] + off).view(B, N, nH, 1, nQ * P, 2)
         out = ms_deform_attn(value, [(rows, cols)], loc, (weights / nQ).view(B, N, nH, 1, nQ * P))

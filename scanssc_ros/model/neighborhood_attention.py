@@ -59,15 +59,33 @@ def neighborhood_attention_2d_by_offset(q: torch.Tensor, k: torch.Tensor, v: tor
         bias_rows = rpb.index_select(1, by[:, i])  # nH, H, 2k-1
         for j in range(kernel):
             t = logits[i * kernel + j]
-            torch.sum(q * k_rows.index_select(3, kx[:, j]), dim=-1, out=t)
+            for cols, keys in _column_runs(W, kernel, j):
+                torch.sum(q[..., cols, :] * keys(k_rows), dim=-1, out=t[..., cols])
             t += bias_rows.index_select(2, bx[:, j])
     attn = logits.softmax(0)
     out = torch.zeros_like(q)
     for i in range(kernel):
         v_rows = v.index_select(2, ky[:, i])
         for j in range(kernel):
-            out.addcmul_(attn[i * kernel + j, ..., None], v_rows.index_select(3, kx[:, j]))
+            a = attn[i * kernel + j, ..., None]
+            for cols, keys in _column_runs(W, kernel, j):
+                out[..., cols, :].addcmul_(a[..., cols, :], keys(v_rows))
     return out
+
+
+def _column_runs(W: int, kernel: int, j: int):
+    """Offset ``j`` of every query column's clamped window as views instead of a gather: interior columns w read
+    key column w - kernel//2 + j (a shifted slice); the kernel//2 columns at each border share one key column
+    (a broadcast). Yields (query column slice, function: key map (..., W, D) -> its view for those columns)."""
+    r = kernel // 2
+
+    def edge(col: int, n: int):
+        return lambda m: m[..., col:col + 1, :].expand(*m.shape[:-2], n, m.shape[-1])
+
+    yield slice(r, W - r), lambda m: m[..., j:j + W - 2 * r, :]
+    if r:
+        yield slice(0, r), edge(j, r)
+        yield slice(W - r, W), edge(W - kernel + j, r)
 
 
 class NeighborhoodCrossAttention2D(nn.Module):
