@@ -26,6 +26,7 @@ from scanssc_ros import geometry
 from scanssc_ros.checkpoint import load
 from scanssc_ros.config import ModelConfig
 from scanssc_ros.data.image import crop_window, resize_crop_image
+from scanssc_ros.malloc_tuning import tune_malloc
 from scanssc_ros.model import fastpath
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
@@ -81,6 +82,8 @@ class Predictor:
             raise ValueError("fp16 autocast is not supported on CPU; use 'bf16' or 'fp32'")
         self.precision = precision
         self.mark_unseen = mark_unseen
+        # large CPU temporaries reuse freed memory instead of faulting in fresh pages each frame
+        self.malloc_tuning = tune_malloc() if self.device.type == "cpu" else None
         self._unseen_cache: Tuple[bytes, Optional[np.ndarray]] = (b"", None)
         if isinstance(model_or_checkpoint, nn.Module):
             cfg = config if config is not None else getattr(model_or_checkpoint, "config", None)

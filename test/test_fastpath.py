@@ -71,6 +71,21 @@ def test_fast_paths_step_aside_under_torch_compile():
     torch.testing.assert_close(compiled, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pad", [(0, 1, 0, 1), (1, 2, 0, 3), (2, 2, 2, 2), (0, 0, 0, 0)])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_pad_zeros_equals_f_pad(pad, fmt):
+    from scanssc_ros.model.efficientnet import pad_zeros
+
+    x = torch.randn(2, 5, 7, 9).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        got = pad_zeros(x, pad)
+    ref = F.pad(x, pad)
+    assert torch.equal(got, ref) and got.stride() == ref.stride()
+    x.requires_grad_(True)
+    pad_zeros(x, pad).sum().backward()  # training: F.pad itself
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
 @pytest.mark.parametrize("shape", [(1, 300, 4, 2, 4), (2, 50, 8, 5), (2, 50, 8, 8), (7, 17), (3, 40)])
 def test_softmax_last_matches_reference(shape):
     torch.manual_seed(0)

@@ -31,6 +31,25 @@ def make_divisible(value: float, divisor: int = 8, min_ratio: float = 0.9) -> in
     return new + divisor if new < min_ratio * value else new
 
 
+def pad_zeros(x: torch.Tensor, pad: Tuple[int, int, int, int]) -> torch.Tensor:
+    """``F.pad(x, pad)`` (left, right, top, bottom; zeros) for (N, C, H, W). On the CPU inference path only the
+    border is zeroed: F.pad fills the whole output and then copies the input over it, and the stem's 48 x 192 x
+    640 map spent 8 ms in that fill. Same values, same memory format."""
+    left, right, top, bottom = pad
+    if min(pad) < 0 or not fastpath.cpu_fp32_inference(x) or x.dim() != 4:
+        return F.pad(x, pad)
+    N, C, H, W = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    out = torch.empty((N, C, H + top + bottom, W + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, top:top + H, left:left + W] = x
+    for rows in (slice(0, top), slice(top + H, None)):
+        out[:, :, rows].zero_()
+    for cols in (slice(0, left), slice(left + W, None)):
+        out[:, :, top:top + H, cols].zero_()
+    return out
+
+
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding: the total padding depends on the input size and any odd pixel
     goes to the bottom/right. Stride-1 convolutions reduce to the usual symmetric padding."""
@@ -44,7 +63,7 @@ class Conv2dSame(nn.Conv2d):
             k, s = self.kernel_size[0], self.stride[0]
             ph = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
             pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
-            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            x = pad_zeros(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             return super().forward(x)  # the whole backbone runs channels-last (EfficientNet.forward)
         if self.groups > 1 and self.groups == self.in_channels:

@@ -145,7 +145,8 @@ class ScanSSCNode(Node):
             f"precision={self.params['precision']} depth_mode={self.params['depth_mode']} "
             f"image_transport={self.params['image_transport']} "
             f"grid={'x'.join(map(str, cfg.grid_dims))} label_set={self.label_set.name}"
-            + (" (cv_bridge)" if self.processor.uses_cv_bridge else ""))
+            + (" (cv_bridge)" if self.processor.uses_cv_bridge else "")
+            + (f"; {tuning}" if (tuning := getattr(self.predictor, "malloc_tuning", None)) else ""))
 
     # ------------------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> Dict[str, Any]:

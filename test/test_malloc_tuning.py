@@ -1,0 +1,67 @@
+"""glibc malloc thresholds for CPU inference: applied together or not at all, once per process, opt-out by env.
+Run in subprocesses: the settings are process-wide."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+PROBE = """
+import ctypes, resource, sys
+from scanssc_ros.malloc_tuning import tune_malloc
+first = tune_malloc()
+assert tune_malloc() == first  # once per process
+# a freed 64 MB block is reused when tuned (no new page faults), faulted in again when not
+buf = ctypes.create_string_buffer(48 << 20); ctypes.memset(buf, 1, 48 << 20); del buf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+buf = ctypes.create_string_buffer(48 << 20); ctypes.memset(buf, 1, 48 << 20)
+print(first, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _probe(**env) -> tuple:
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    return " ".join(out[:-1]), int(out[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only: elsewhere tune_malloc() does nothing (checked below)")
+def test_thresholds_set_together_and_freed_memory_is_reused():
+    tuned, faults_tuned = _probe()
+    assert tuned.startswith("glibc mmap threshold") and "trim threshold 512 MB" in tuned
+    if "mmap threshold 32 MB" in tuned:
+        pytest.skip("this glibc caps the mmap threshold at 32 MB: a 48 MB block is an mmap either way")
+    off, faults_off = _probe(SCANSSC_MALLOC_TUNING="0")
+    assert off == "None"
+    # 48 MB = 12k pages: untuned, the block is an mmap faulted in page by page again
+    assert faults_off > 5000 and faults_tuned < faults_off / 10, (faults_tuned, faults_off)
+
+
+def test_not_glibc_or_opted_out_leaves_malloc_alone(monkeypatch):
+    from scanssc_ros import malloc_tuning
+
+    monkeypatch.setattr(malloc_tuning, "_APPLIED", {})
+    monkeypatch.setattr(malloc_tuning.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert malloc_tuning.tune_malloc() is None
+    monkeypatch.setattr(malloc_tuning, "_APPLIED", {})
+    monkeypatch.setenv("SCANSSC_MALLOC_TUNING", "off")
+    assert malloc_tuning.tune_malloc() is None
+
+
+def test_predictor_applies_it_on_cpu(monkeypatch):
+    from scanssc_ros import malloc_tuning
+    from scanssc_ros.config import variant
+    from scanssc_ros.predictor import Predictor
+
+    calls = []
+    monkeypatch.setattr(malloc_tuning, "_APPLIED", {"result": "stub"})
+    monkeypatch.setattr("scanssc_ros.predictor.tune_malloc", lambda: calls.append(1) or "stub")
+    pred = Predictor.from_config(variant("tiny"))
+    assert calls == [1] and pred.malloc_tuning == "stub"
