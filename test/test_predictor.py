@@ -7,6 +7,7 @@ import torch
 
 from scanssc_ros import checkpoint
 from scanssc_ros.config import variant
+from scanssc_ros.model import fastpath
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
 from scanssc_ros.model.scanssc import ScanSSC
 from scanssc_ros.predictor import Predictor, resize_depth_min
@@ -167,3 +168,20 @@ def test_bev_render_greys_unseen_columns():
     colors[9] = (255, 0, 255)
     rgb = bev_image(labels, colors)[::-1, ::-1]  # back to (x, y) indexing
     assert tuple(rgb[0, 0]) == UNSEEN and tuple(rgb[1, 1]) == (255, 0, 255) and tuple(rgb[2, 2]) == BACKGROUND
+
+
+def test_preprocess_normalizes_like_the_numpy_formula(predictor, frame):
+    """The torch normalisation (channels-last, in place) against the plain float32 formula: bitwise equal."""
+    from scanssc_ros.data.image import IMAGENET_MEAN, IMAGENET_STD, resize_crop_image
+
+    image, K, T, depth = frame
+    inputs = predictor.preprocess(image, K, T, depth)
+    img, _ = resize_crop_image(image, predictor.config.input_size)
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    expect = ((img.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    got = inputs.image
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    assert np.array_equal(got.numpy(), expect)
+    with fastpath.reference_ops():
+        ref = predictor.preprocess(image, K, T, depth).image
+    assert ref.is_contiguous() and np.array_equal(ref.numpy(), expect)
