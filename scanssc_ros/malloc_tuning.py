@@ -2,10 +2,10 @@
 
 torch's CPU tensors come from malloc. glibc serves blocks above its mmap threshold with fresh pages from the
 kernel and trims freed memory at the top of the heap back to it, so every frame faulted its multi-megabyte
-temporaries in again, page by page: 4k-45k minor faults and 36-131 ms of system time per lite prediction on 2
-cores. A 256 MB (or, where glibc refuses that, 32 MB) mmap threshold with a 512 MB trim threshold reuses the
-memory instead: no faults, 15-25 ms of system time, 7-25 % less wall time, the same peak RSS (measured with
-bench/bench_predictor.py and getrusage; see the README's performance table).
+temporaries in again, page by page: 4k-60k minor faults and 36-200 ms of system time per lite prediction on 2
+cores. A 32 MB mmap threshold with a 128 MB trim threshold reuses that memory instead: ~0-1k faults and 10-25 ms of
+system time, the same peak RSS (lite 0.54-0.56 GB; paper 3.45 GB against 3.44 GB untuned). Larger thresholds
+(256 / 512 MB) kept more of the paper model's big temporaries in the heap and raised its peak RSS to 4.6 GB.
 
 The two settings go together: a trim threshold alone switches off glibc's adaptive mmap threshold at its 128 KB
 start, which made every large tensor an mmap and a prediction twice as slow. ``SCANSSC_MALLOC_TUNING=0`` leaves
@@ -20,8 +20,8 @@ import platform
 from typing import Optional
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-MMAP_THRESHOLDS = (256 << 20, 32 << 20)  # glibc caps the threshold at 32 MB on some builds: then the second
-TRIM_THRESHOLD = 512 << 20
+MMAP_THRESHOLD = 32 << 20  # the largest value every 64-bit glibc accepts
+TRIM_THRESHOLD = 128 << 20
 _APPLIED: dict = {}
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,8 @@ def _apply() -> Optional[str]:
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    for mmap_threshold in MMAP_THRESHOLDS:
-        if mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1:
-            break
-    else:
-        return None  # never the trim threshold alone (see the module doc)
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        return None  # never the trim threshold alone (see above)
     if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
         return None
-    return f"glibc mmap threshold {mmap_threshold >> 20} MB, trim threshold {TRIM_THRESHOLD >> 20} MB"
+    return f"glibc mmap threshold {MMAP_THRESHOLD >> 20} MB, trim threshold {TRIM_THRESHOLD >> 20} MB"
