@@ -33,13 +33,13 @@ from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
 from scanssc_ros.model.timing import stage
 
 UNKNOWN = 255
+MIN_IMAGE_SIDE = 8  # px; smaller images carry no usable content and break the resize/crop arithmetic
+_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _image_layout() -> torch.memory_format:
     # the backbone's CPU fast path runs channels-last (no conversion needed then); the reference runs NCHW
     return torch.channels_last if fastpath.enabled() else torch.contiguous_format
-MIN_IMAGE_SIDE = 8  # px; smaller images carry no usable content and break the resize/crop arithmetic
-_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass

@@ -69,7 +69,6 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
         inv = e.sum(dim=0).reciprocal_()
         # 1 where a class's probability equals the maximum one (1 / sum), weighted so the first such class wins
         key = e.mul_(inv).eq_(inv).mul_(first).amax(dim=0)
-        # in place and cast by copy_ (exact: whole numbers in 0..255), no temporaries per slab
-        labels[i0 * sx:i1 * sx].copy_(key.neg_().add_(C))
-        conf[i0 * sx:i1 * sx].copy_(inv.mul_(255.0).round_().clamp_(0, 255))
+        labels[i0 * sx:i1 * sx].copy_(key.neg_().add_(C))  # cast by copy_: exact, whole numbers in 0..C-1
+        conf[i0 * sx:i1 * sx] = confidence_u8(inv)
     return labels, conf

@@ -158,7 +158,7 @@ def to_pointcloud2(indices: np.ndarray, labels: np.ndarray, grid: GridSpec, head
         last |= confidence_u8(confidence).reshape(-1)[idx].astype("<u4") << 8
     words[:, 4] = last
 
-    nfields = len(cloud_dtype(confidence is not None).names)
+    nfields = len(_CLOUD_FIELDS) - (confidence is None)
     fields = [PointField(name=n, offset=o, datatype=t, count=1) for n, o, t in _CLOUD_FIELDS[:nfields]]
     # bytes into the constructor: one memcpy into the message's array('B'); see bench/bench_encode.py
     return PointCloud2(header=header, height=1, width=int(idx.size), fields=fields, is_bigendian=False,
