@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scanssc_ros.geometry import GridSpec, unproject_pixels
+from scanssc_ros.model import fastpath, msda
 from scanssc_ros.model.deform_conv import DeformConv2dPack, deform_conv2d
 from scanssc_ros.model.dfa3d import dfa3d_sample
 from scanssc_ros.model.lift import lss_pool, truncated_voxel_index
@@ -72,16 +73,9 @@ def test_deform_conv_zero_offset_is_conv2d():
 
 
 # ----------------------------------------------------------------------------------------- MSDA
-def test_msda_matches_bilinear_loop():
-    torch.manual_seed(2)
-    B, nH, Dh, P = 2, 2, 3, 3
-    shapes = [(4, 5), (2, 3)]
-    S = sum(h * w for h, w in shapes)
-    value = torch.randn(B, S, nH, Dh, dtype=torch.float64)
-    Q = 4
-    loc = torch.rand(B, Q, nH, len(shapes), P, 2, dtype=torch.float64) * 1.4 - 0.2  # some samples outside
-    wts = torch.rand(B, Q, nH, len(shapes), P, dtype=torch.float64)
-    fast = ms_deform_attn(value, shapes, loc, wts)
+def msda_loop(value, shapes, loc, wts):
+    B, Q, nH = loc.shape[:3]
+    P, Dh = loc.shape[4], value.shape[-1]
     ref = torch.zeros(B, Q, nH * Dh, dtype=torch.float64)
     for b in range(B):
         for q in range(Q):
@@ -94,7 +88,60 @@ def test_msda_matches_bilinear_loop():
                         y = loc[b, q, h, lvl, p, 1].item() * hh - 0.5
                         ref[b, q, h * Dh:(h + 1) * Dh] += wts[b, q, h, lvl, p] * bilinear(img, x, y)
                     start += hh * ww
-    assert torch.allclose(fast.double(), ref, atol=1e-5)
+    return ref
+
+
+def _msda_case(dtype, Q=4, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    B, nH, Dh, P = 2, 2, 3, 3
+    shapes = [(4, 5), (2, 3)]
+    S = sum(h * w for h, w in shapes)
+    value = torch.randn(B, S, nH, Dh, dtype=dtype, generator=g)
+    loc = torch.rand(B, Q, nH, len(shapes), P, 2, dtype=dtype, generator=g) * 1.4 - 0.2  # some samples outside
+    wts = torch.rand(B, Q, nH, len(shapes), P, dtype=dtype, generator=g)
+    return value, shapes, loc, wts
+
+
+def test_msda_matches_bilinear_loop():
+    value, shapes, loc, wts = _msda_case(torch.float64)
+    assert torch.allclose(ms_deform_attn(value, shapes, loc, wts).double(), msda_loop(value, shapes, loc, wts),
+                          atol=1e-5)
+
+
+def test_msda_gather_path_matches_loop_and_grid_sample(monkeypatch):
+    # float32 CPU inference takes the channels-last gather; several chunks, samples far outside, exactly on the
+    # border and NaN (NaN out, as from grid_sample), a non-contiguous value
+    value, shapes, loc, wts = _msda_case(torch.float32, Q=40, seed=5)
+    loc[0, 0, 0, 0, 0] = torch.tensor([-3.0, 0.5])
+    loc[0, 1, 0, 0, 1] = torch.tensor([0.5, 7.0])
+    loc[1, 2, 1, 1, 2] = torch.tensor([1.0, 0.0])
+    loc[1, 3, 0, 0, 0] = torch.tensor([float("nan"), 0.5])
+    value = value.transpose(2, 3).contiguous().transpose(2, 3)
+    monkeypatch.setattr(msda, "_GATHER_ENTRIES", 2 * 2 * 4 * 3 * 7)  # 7 queries per chunk
+    calls = []
+    real = msda._gather_sum
+    monkeypatch.setattr(msda, "_gather_sum", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fast = ms_deform_attn(value, shapes, loc, wts)
+        with fastpath.reference_ops():
+            ref = ms_deform_attn(value, shapes, loc, wts)
+    assert calls == [1] and fast.dtype == torch.float32
+    nan = torch.zeros_like(fast, dtype=torch.bool)
+    nan[1, 3, :3] = True  # head 0 of the query with the NaN sample
+    assert torch.equal(fast.isnan(), nan) and torch.equal(ref.isnan(), nan)
+    assert torch.allclose(fast[~nan], ref[~nan], atol=2e-6)
+    loop = msda_loop(value.double(), shapes, loc.double().nan_to_num(0.5), wts.double())
+    assert torch.allclose(fast.double()[~nan], loop[~nan], atol=1e-5)
+
+
+def test_msda_gather_path_declines_tables_past_float_exactness(monkeypatch):
+    value, shapes, loc, wts = _msda_case(torch.float32)
+    monkeypatch.setattr(msda, "_GATHER_MAX_ROWS", 2 * 2 * (7 * 8 + 5 * 6))  # exactly the padded rows: too many
+    assert msda._gather_sum(value, shapes, loc, wts) is None
+    with torch.no_grad():
+        with fastpath.reference_ops():
+            ref = ms_deform_attn(value, shapes, loc, wts)
+        assert torch.equal(ms_deform_attn(value, shapes, loc, wts), ref)
 
 
 def test_msda_chunking_does_not_change_result():
@@ -102,8 +149,9 @@ def test_msda_chunking_does_not_change_result():
     value = torch.randn(1, 30, 2, 4)
     loc = torch.rand(1, 50, 2, 1, 3, 2)
     w = torch.rand(1, 50, 2, 1, 3)
-    a = ms_deform_attn(value, [(5, 6)], loc, w)
-    b = ms_deform_attn(value, [(5, 6)], loc, w, max_samples=30)
+    with fastpath.reference_ops():  # max_samples chunks the grid_sample reference
+        a = ms_deform_attn(value, [(5, 6)], loc, w)
+        b = ms_deform_attn(value, [(5, 6)], loc, w, max_samples=30)
     assert torch.allclose(a, b, atol=1e-6)
     # with autograd the samples are not weighted in place: same values, and the gradients reach every input
     leaves = [t.clone().requires_grad_(True) for t in (value, loc, w)]
