@@ -1,0 +1,91 @@
+"""Winograd F(2,3) 3x3x3 convolution against float64 F.conv3d, and the Conv3d fast path that uses it."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scanssc_ros.model import fastpath, layers, winograd
+from scanssc_ros.model.layers import Conv3d
+
+
+@pytest.mark.parametrize("n,cin,cout,shape", [
+    (1, 3, 5, (5, 4, 7)),  # odd sizes: padded to whole tiles and cut back
+    (2, 8, 6, (6, 7, 3)),
+    (1, 16, 16, (10, 8, 4)),
+])
+@pytest.mark.parametrize("chunk", [1 << 22, 64 * 16 * 4])  # one chunk; one tile plane per chunk
+def test_winograd_matches_float64_conv3d(monkeypatch, n, cin, cout, shape, chunk):
+    monkeypatch.setattr(winograd, "_CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, cin, *shape, generator=g)
+    w = torch.randn(cout, cin, 3, 3, 3, generator=g) / (cin * 27) ** 0.5
+    b = torch.randn(cout, generator=g)
+    out = winograd.conv3d_3x3x3(x, winograd.transform_weight(w), b)
+    ref = F.conv3d(x.double(), w.double(), b.double(), padding=1)
+    assert out.shape == ref.shape and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-6)
+    # channels-last input, no bias
+    cl = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(winograd.conv3d_3x3x3(cl, winograd.transform_weight(w)).double(),
+                               F.conv3d(x.double(), w.double(), padding=1), rtol=0, atol=2e-6)
+
+
+def test_winograd_rejects_a_kernel_for_other_channels():
+    u = winograd.transform_weight(torch.randn(4, 3, 3, 3, 3))
+    with pytest.raises(ValueError, match="does not fit 5 input channels"):
+        winograd.conv3d_3x3x3(torch.randn(1, 5, 4, 4, 4), u)
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = winograd.conv3d_3x3x3
+    monkeypatch.setattr(winograd, "conv3d_3x3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+def test_wide_conv3d_takes_winograd_and_matches_reference(monkeypatch):
+    calls = _spy(monkeypatch)
+    torch.manual_seed(1)
+    conv = Conv3d(128, 128, 3, padding=1, bias=True).eval()
+    narrow = Conv3d(64, 64, 3, padding=1).eval()
+    strided = Conv3d(128, 128, 3, stride=2, padding=1).eval()
+    x = torch.randn(1, 128, 6, 8, 4)
+    with torch.inference_mode():
+        fast = conv(x)
+        narrow(x[:, :64]), strided(x)
+        with fastpath.reference_ops():
+            ref = conv(x)
+    assert calls == [x.shape]
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert set(conv.state_dict()) == {"weight", "bias"}  # the transformed kernel is not a module tensor
+    # training goes through aten
+    conv.train()
+    conv(x.requires_grad_(True)).sum().backward()
+    assert len(calls) == 1 and conv.weight.grad is not None
+
+
+def test_winograd_kernel_follows_weight_changes(monkeypatch):
+    monkeypatch.setattr(layers, "_WINOGRAD_MIN_CHANNEL_PRODUCT", 4 * 4)
+    calls = _spy(monkeypatch)
+    torch.manual_seed(2)
+    conv = Conv3d(4, 4, 3, padding=1, bias=False).eval()
+    x = torch.randn(1, 4, 5, 6, 3)
+
+    def check():
+        with torch.inference_mode():
+            torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight, padding=1), rtol=1e-5, atol=1e-5)
+
+    check()
+    u = conv._winograd_weight()
+    check()
+    assert conv._winograd_weight() is u  # kept while the weight is unchanged
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)  # in place: a new version
+    check()
+    conv.load_state_dict({"weight": torch.randn(4, 4, 3, 3, 3)})
+    check()
+    conv.double()  # a new tensor: float64 inference goes through aten, and back to float32 recomputes
+    conv.float()
+    check()
+    assert len(calls) == 5
