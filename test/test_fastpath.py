@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scanssc_ros.config import variant
-from scanssc_ros.model import fastpath
+from scanssc_ros.model import encoder, fastpath, scan
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
 from scanssc_ros.model.layers import Conv3d, ConvTranspose3d, softmax_last
@@ -236,6 +236,48 @@ def _stage_outputs(model: ScanSSC, inputs, reference: bool):
         for h in hooks:
             h.remove()
     return got
+
+
+# ----------------------------------------------------------------------------------------- chunked layers
+def test_self_attention_layer_in_query_chunks_matches_reference(monkeypatch):
+    monkeypatch.setattr(encoder, "_SELF_CHUNK_ELEMENTS", 32 * 7)  # 7 queries per chunk, the last one short
+    torch.manual_seed(3)
+    cfg = variant("tiny")
+    layer = encoder.SelfLayer(cfg).eval()
+    for p in layer.parameters():
+        nn.init.normal_(p, std=0.3)  # spread the sampling points, some off the map
+    rows, cols = 12, 10
+    x, pos = torch.randn(1, rows * cols, cfg.embed_dims), torch.randn(rows * cols, cfg.embed_dims)
+    ys, xs = torch.meshgrid((torch.arange(rows) + 0.5) / rows, (torch.arange(cols) + 0.5) / cols, indexing="ij")
+    ref_2d = torch.stack([xs, ys], -1).view(-1, 2)
+    calls = []
+    real = encoder.gather_sum
+    monkeypatch.setattr(encoder, "gather_sum", lambda *a: calls.append(a[1].shape[1]) or real(*a))
+    with torch.inference_mode():
+        fast = layer(x, pos, ref_2d, (rows, cols))
+        with fastpath.reference_ops():
+            ref = layer(x, pos, ref_2d, (rows, cols))
+    assert calls == [7] * 17 + [1]
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", ["depth", "height", "width"])
+@pytest.mark.parametrize("pos_kind", ["per_sequence", "shared", "none"])
+def test_scan_layer_in_sequence_chunks_matches_reference(monkeypatch, axis, pos_kind):
+    monkeypatch.setattr(scan, "_LAYER_CHUNK_ELEMENTS", 8 * 32 * 3)  # 3 sequences per chunk
+    torch.manual_seed(4)
+    layer = scan.ScanBlockLayer(16, 32, 2, axis, dropout=0.1, chunk=4).eval()
+    x = torch.randn(50, 8, 16)
+    pos = {"per_sequence": torch.randn(50, 8, 16), "shared": torch.randn(1, 8, 16), "none": None}[pos_kind]
+    calls = []
+    real = layer._layer
+    monkeypatch.setattr(layer, "_layer", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    with torch.inference_mode():
+        fast = layer(x, pos)
+        with fastpath.reference_ops():
+            ref = layer(x, pos)
+    assert calls == [3] * 16 + [2] + [50]  # the reference: one call over all sequences
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
 def _assert_stages_close(fast, ref, rtol=1e-4, atol=1e-4):

@@ -119,8 +119,8 @@ def test_msda_gather_path_matches_loop_and_grid_sample(monkeypatch):
     value = value.transpose(2, 3).contiguous().transpose(2, 3)
     monkeypatch.setattr(msda, "_GATHER_ENTRIES", 2 * 2 * 4 * 3 * 7)  # 7 queries per chunk
     calls = []
-    real = msda._gather_sum
-    monkeypatch.setattr(msda, "_gather_sum", lambda *a: calls.append(1) or real(*a))
+    real = msda.gather_sum
+    monkeypatch.setattr(msda, "gather_sum", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         fast = ms_deform_attn(value, shapes, loc, wts)
         with fastpath.reference_ops():
@@ -137,7 +137,7 @@ def test_msda_gather_path_matches_loop_and_grid_sample(monkeypatch):
 def test_msda_gather_path_declines_tables_past_float_exactness(monkeypatch):
     value, shapes, loc, wts = _msda_case(torch.float32)
     monkeypatch.setattr(msda, "_GATHER_MAX_ROWS", 2 * 2 * (7 * 8 + 5 * 6))  # exactly the padded rows: too many
-    assert msda._gather_sum(value, shapes, loc, wts) is None
+    assert msda.gather_table(value, shapes) is None
     with torch.no_grad():
         with fastpath.reference_ops():
             ref = ms_deform_attn(value, shapes, loc, wts)

@@ -25,11 +25,17 @@ from torch import nn
 from scanssc_ros.config import ModelConfig
 from scanssc_ros.geometry import project_points, voxel_centers
 
+from . import fastpath
 from .dfa3d import dfa3d_sample
 from .layers import LearnedPositionalEncoding, softmax_last
-from .msda import ms_deform_attn
+from .msda import gather_sum, gather_table, ms_deform_attn
 from .scan import ScanBlock
 from .timing import stage
+
+# CPU inference runs a self-attention layer over this many query features at a time (8 MB per temporary). Larger
+# temporaries pass glibc's 32 MB mmap threshold: each is fresh memory faulted in page by page, which took more
+# time than the paper model's self-attention arithmetic (7M page faults, 40 s of system time per frame).
+_SELF_CHUNK_ELEMENTS = 1 << 21
 
 
 def _circle_offsets(num_heads: int, groups: int, num_points: int) -> torch.Tensor:
@@ -127,17 +133,29 @@ class DeformSelfAttention(nn.Module):
     def forward(self, query: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shape_hw: Tuple[int, int]
                 ) -> torch.Tensor:
         """query (B, N, C); pos (N, C); ref (N, 2) normalised (x, y) pixel centres of the map."""
+        loc, weights = self.points(query, pos, ref, shape_hw)
+        return self.output(ms_deform_attn(self.values(query), [shape_hw], loc, weights), query)
+
+    def values(self, query: torch.Tensor) -> torch.Tensor:
+        """The sampled features (B, N, nH, C / nH): every query's, whichever queries attend."""
+        B, N, C = query.shape
+        return self.value_proj(query).view(B, N, self.num_heads, C // self.num_heads)
+
+    def points(self, query: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shape_hw: Tuple[int, int]
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sampling locations (B, N, nH, 1, nQ*P, 2) and weights (B, N, nH, 1, nQ*P) of these queries."""
         B, N, C = query.shape
         nH, P, nQ = self.num_heads, self.num_points, self.num_queues
         rows, cols = shape_hw
         qcat = torch.cat([query, query + pos], dim=-1)
-        value = self.value_proj(query).view(B, N, nH, C // nH)
         off = self.sampling_offsets(qcat).view(B, N, nH, nQ, P, 2) / query.new_tensor([cols, rows])
         weights = softmax_last(self.attention_weights(qcat).view(B, N, nH, nQ, P))
         # every queue samples the same features, so the queue average is one sum over nQ*P points at weight/nQ
         loc = (ref[None, :, None, None, None, :] + off).view(B, N, nH, 1, nQ * P, 2)
-        out = ms_deform_attn(value, [(rows, cols)], loc, (weights / nQ).view(B, N, nH, 1, nQ * P))
-        return self.dropout(self.output_proj(out.to(query.dtype))) + query
+        return loc, (weights / nQ).view(B, N, nH, 1, nQ * P)
+
+    def output(self, sampled: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.output_proj(sampled.to(query.dtype))) + query
 
 
 class CrossLayer(nn.Module):
@@ -162,8 +180,26 @@ class SelfLayer(nn.Module):
         self.ffns = nn.ModuleList([FFN(C, cfg.ffn_channels, cfg.dropout)])
 
     def forward(self, x, pos, ref, shape_hw) -> torch.Tensor:
-        x = self.norms[0](self.attentions[0](x, pos, ref, shape_hw))
+        attention = self.attentions[0]
+        if not self.training and fastpath.cpu_fp32_inference(x):
+            table = gather_table(attention.values(x), [shape_hw])
+            if table is not None:
+                return self._chunked(x, pos, ref, shape_hw, table)
+        x = self.norms[0](attention(x, pos, ref, shape_hw))
         return self.norms[1](self.ffns[0](x))
+
+    def _chunked(self, x, pos, ref, shape_hw, table) -> torch.Tensor:
+        """The layer over query chunks: the values are sampled from every query, everything else is per query."""
+        attention, ffn = self.attentions[0], self.ffns[0]
+        widest = max(2 * x.shape[-1], attention.sampling_offsets.out_features, ffn.layers[0][0].out_features)
+        step = max(1, _SELF_CHUNK_ELEMENTS // widest)
+        out = torch.empty_like(x)
+        for q0 in range(0, x.shape[1], step):
+            q = x[:, q0:q0 + step]
+            loc, weights = attention.points(q, pos[q0:q0 + step], ref[q0:q0 + step], shape_hw)
+            y = self.norms[0](attention.output(gather_sum(table, loc, weights), q))
+            out[:, q0:q0 + step] = self.norms[1](ffn(y))
+        return out
 
 
 class _Encoder(nn.Module):

@@ -4,14 +4,14 @@
 Sampling always runs in float32: the official code forces fp32 here because fp16 accumulation over many points
 is unstable. Queries are processed in chunks so the (heads, dims, queries, points) sample tensor stays bounded.
 
-CPU float32 inference takes ``_gather_sum`` instead: the same bilinear sums as one weighted row gather
+CPU float32 inference takes ``gather_sum`` instead: the same bilinear sums as one weighted row gather
 (``F.embedding_bag``) over a channels-last copy of the value map. grid_sample reads the channels of a corner one map
 apart (a cache line each); a channels-last row holds them together. The paper's 512 x 512 x (8 x 16) self-attention
 sampling took 2.5-3.0 s with grid_sample and 0.7 s this way.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]
     Returns (B, Q, nH*Dh) in float32 (float64 for float64 inputs). ``max_samples``: elements of one chunk's
     sample tensor (default: on CPU half the value map's elements, within 2^20..2^24; elsewhere 2^24)."""
     if fastpath.cpu_fp32_inference(value, locations, weights):
-        out = _gather_sum(value, spatial_shapes, locations, weights)
-        if out is not None:
-            return out
+        table = gather_table(value, spatial_shapes)
+        if table is not None:
+            return gather_sum(table, locations, weights)
     if max_samples is None:
         max_samples = min(_MAX_SAMPLES, max(_CPU_MIN_SAMPLES, value.numel() // 2)) \
             if value.device.type == "cpu" else _MAX_SAMPLES
@@ -76,20 +76,26 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]
         return out.view(B, nH * Dh, Q).transpose(1, 2)
 
 
-def _gather_sum(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], locations: torch.Tensor,
-                weights: torch.Tensor) -> Optional[torch.Tensor]:
-    """``ms_deform_attn`` as a weighted gather of channels-last rows (None where the tables are too large).
+class GatherTable(NamedTuple):
+    """A value map laid out for ``gather_sum``: every level channels-last with a zero border, all in one table."""
 
-    Each level's map gets one zero row/column before and two after. Pixel coordinates are clamped into that border,
-    so all four corners of every sample are valid rows: a sample outside the map lands where both corners it still
-    weights are zeros, which is what zero padding gives. A NaN coordinate reads the first cell with NaN weights:
-    NaN out, as from grid_sample."""
+    rows: torch.Tensor  # (rows, Dh)
+    shapes: Tuple[Tuple[int, int], ...]
+    first_row: Tuple[int, ...]  # of each level
+    batch: int
+    heads: int
+
+
+def gather_table(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]]) -> Optional[GatherTable]:
+    """value (B, S, nH, Dh) as a GatherTable (None where it has too many rows for exact float32 indices).
+
+    Each level's map gets one zero row/column before and two after. ``gather_sum`` clamps pixel coordinates into
+    that border, so all four corners of every sample are valid rows: a sample outside the map lands where both
+    corners it still weights are zeros, which is what zero padding gives."""
     B, S, nH, Dh = value.shape
-    _, Q, _, L, P, _ = locations.shape
     if sum(h * w for h, w in spatial_shapes) != S:
         raise ValueError(f"spatial_shapes {list(spatial_shapes)} do not add up to {S} values")
-    rows = B * nH * sum((h + 3) * (w + 3) for h, w in spatial_shapes)
-    if rows >= _GATHER_MAX_ROWS:
+    if B * nH * sum((h + 3) * (w + 3) for h, w in spatial_shapes) >= _GATHER_MAX_ROWS:
         return None
     tables, first_row = [], []
     start = row = 0
@@ -99,15 +105,25 @@ def _gather_sum(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], 
         first_row.append(row)
         start += h * w
         row += B * nH * (h + 3) * (w + 3)
-    table = torch.cat(tables) if len(tables) > 1 else tables[0]
-    itype = torch.int32 if rows < 2 ** 31 else torch.int64
-    out = value.new_empty(B, Q, nH, Dh)
+    rows = torch.cat(tables) if len(tables) > 1 else tables[0]
+    return GatherTable(rows, tuple(map(tuple, spatial_shapes)), tuple(first_row), B, nH)
+
+
+def gather_sum(table: GatherTable, locations: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``ms_deform_attn`` over a GatherTable: locations (B, Q, nH, L, P, 2), weights (B, Q, nH, L, P) ->
+    (B, Q, nH*Dh). A NaN coordinate reads the first cell with NaN weights: NaN out, as from grid_sample."""
+    B, nH, Dh = table.batch, table.heads, table.rows.shape[1]
+    _, Q, _, L, P, _ = locations.shape
+    if locations.shape[0] != B or locations.shape[2] != nH or L != len(table.shapes):
+        raise ValueError(f"locations {tuple(locations.shape)} do not fit a table of {B} x {nH} heads x {L} levels")
+    itype = torch.int32 if table.rows.shape[0] < 2 ** 31 else torch.int64
+    out = table.rows.new_empty(B, Q, nH, Dh)
     chunk = max(1, _GATHER_ENTRIES // (nH * L * 4 * P))
     for q0 in range(0, Q, chunk):
         q1 = min(Q, q0 + chunk)
         idx = torch.empty(B, q1 - q0, nH, L, 4, P, dtype=itype)
         wts = torch.empty(B, q1 - q0, nH, L, 4, P)
-        for lvl, (h, w) in enumerate(spatial_shapes):
+        for lvl, (h, w) in enumerate(table.shapes):
             wp = w + 3
             loc = locations[:, q0:q1, :, lvl]  # B, q, nH, P, 2
             # padded pixel coordinates: loc * size - 0.5 (align_corners=False) + 1 (the leading zero border)
@@ -115,7 +131,7 @@ def _gather_sum(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], 
             y = (loc[..., 1] * h).add_(0.5).clamp_(0, h + 1)
             x0, y0 = x.floor().nan_to_num_(0.0), y.floor().nan_to_num_(0.0)
             fx, fy = x.sub_(x0), y.sub_(y0)
-            head = torch.arange(B * nH, dtype=torch.float32).mul_((h + 3) * wp).add_(first_row[lvl])
+            head = torch.arange(B * nH, dtype=torch.float32).mul_((h + 3) * wp).add_(table.first_row[lvl])
             top_left = x0.add_(head.view(B, 1, nH, 1)).add_(y0.mul_(wp)).to(itype)
             corner = idx[:, :, :, lvl]
             corner[:, :, :, 0] = top_left
@@ -130,6 +146,6 @@ def _gather_sum(value: torch.Tensor, spatial_shapes: Sequence[Tuple[int, int]], 
             torch.mul(lower, fx, out=cw[:, :, :, 3])
             torch.sub(lower, cw[:, :, :, 3], out=cw[:, :, :, 2])
         n = L * 4 * P
-        out[:, q0:q1] = F.embedding_bag(idx.view(-1, n), table, per_sample_weights=wts.view(-1, n),
+        out[:, q0:q1] = F.embedding_bag(idx.view(-1, n), table.rows, per_sample_weights=wts.view(-1, n),
                                         mode="sum").view(B, q1 - q0, nH, Dh)
     return out.view(B, Q, nH * Dh)

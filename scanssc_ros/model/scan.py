@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fastpath
+
 AXES = ("depth", "width", "height")
+# CPU inference runs a layer over this many sequence elements (x channels) at a time: 8 MB temporaries, below
+# glibc's 32 MB mmap threshold, so they are reused instead of faulted in fresh for every whole-volume operation
+_LAYER_CHUNK_ELEMENTS = 1 << 21
 
 
 def scan_mask(axis: str, L: int, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -77,6 +82,18 @@ class ScanBlockLayer(nn.Module):
     def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (S, L, C) sequences along this layer's axis; pos broadcastable to x."""
         blocked = scan_mask(self.axis, x.shape[1], x.device)
+        S, L, C = x.shape
+        step = max(1, _LAYER_CHUNK_ELEMENTS // (L * max(C, self.linear1.out_features)))
+        if self.training or S <= step or not fastpath.cpu_fp32_inference(x):
+            return self._layer(x, pos, blocked)
+        out = torch.empty_like(x)
+        per_sequence = pos is not None and pos.dim() == 3 and pos.shape[0] == S
+        for s0 in range(0, S, step):
+            p = pos[s0:s0 + step] if per_sequence else pos
+            out[s0:s0 + step] = self._layer(x[s0:s0 + step], p, blocked)
+        return out
+
+    def _layer(self, x: torch.Tensor, pos: Optional[torch.Tensor], blocked: torch.Tensor) -> torch.Tensor:
         xn = self.norm1(x)
         qk = xn + pos if pos is not None else xn
         p = self.dropout if self.training else 0.0
