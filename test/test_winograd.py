@@ -77,9 +77,9 @@ def test_winograd_kernel_follows_weight_changes(monkeypatch):
             torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight, padding=1), rtol=1e-5, atol=1e-5)
 
     check()
-    u = conv._winograd_weight()
+    u = conv._winograd_weight(conv.weight)
     check()
-    assert conv._winograd_weight() is u  # kept while the weight is unchanged
+    assert conv._winograd_weight(conv.weight) is u  # kept while the weight is unchanged
     with torch.no_grad():
         conv.weight.mul_(-2.0)  # in place: a new version
     check()

@@ -1,6 +1,8 @@
 """Small building blocks shared by several model files."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,15 +46,22 @@ class Conv3d(nn.Conv3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode == "zeros" and not isinstance(self.padding, str) and \
-                fastpath.cpu_fp32_inference(x, self.weight):
-            if self._pointwise and x.dim() == 5:
-                return self._pointwise_matmul(x)
-            if self._winograd and x.dim() == 5:
-                return winograd.conv3d_3x3x3(x, self._winograd_weight(), self.bias)
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
-                                            self.groups)
+        if self.fast_inference(x):
+            return self.inference(x, self.weight, self.bias)
         return super().forward(x)
+
+    def fast_inference(self, x: torch.Tensor) -> bool:
+        return self.padding_mode == "zeros" and not isinstance(self.padding, str) and x.dim() == 5 and \
+            fastpath.cpu_fp32_inference(x, self.weight)
+
+    def inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The fast CPU inference path with this layer's geometry and the given parameters (its own, or ones with
+        a following BatchNorm folded in); only where ``fast_inference(x)``."""
+        if self._pointwise:
+            return _pointwise_matmul(x, weight, bias)
+        if self._winograd:
+            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight), bias)
+        return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
 
     @property
     def _pointwise(self) -> bool:
@@ -65,26 +74,27 @@ class Conv3d(nn.Conv3d):
             ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1) and \
             self.in_channels * self.out_channels >= _WINOGRAD_MIN_CHANNEL_PRODUCT
 
-    def _winograd_weight(self) -> torch.Tensor:
-        # kept outside the module's tensors (no state_dict entry); a new weight (load_state_dict, an optimizer
-        # step, .to()) has a new version or address and is transformed again
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype)
+    def _winograd_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        # kept outside the module's tensors (no state_dict entry) with a copy of the kernel it came from: compared
+        # by value on every call (~0.1 ms), because a version counter misses writes through ``.data``
         cached = self.__dict__.get("_winograd_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, winograd.transform_weight(self.weight))
+        if cached is None or cached[0].shape != weight.shape or cached[0].dtype != weight.dtype or \
+                cached[0].device != weight.device or not torch.equal(cached[0], weight):
+            cached = (weight.detach().clone(), winograd.transform_weight(weight))
             self.__dict__["_winograd_cache"] = cached
         return cached[1]
 
-    def _pointwise_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        # a 1x1x1 convolution is a (Cout x Cin) matrix times the (Cin x voxels) volume: one GEMM, where oneDNN
-        # reorders the volume to its blocked layout and back (2-8x slower at 8-48 channels)
-        # (torch.matmul folds a 2D x 3D product into a transposed one: 6x slower here, so bmm is spelt out)
-        N, C, D, H, W = x.shape
-        w = self.weight.view(1, self.out_channels, C).expand(N, -1, -1)
-        flat = x.reshape(N, C, D * H * W)
-        out = torch.bmm(w, flat) if self.bias is None else torch.baddbmm(
-            self.bias.view(1, -1, 1).expand(N, -1, D * H * W), w, flat)
-        return out.view(N, self.out_channels, D, H, W)
+
+def _pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    # a 1x1x1 convolution is a (Cout x Cin) matrix times the (Cin x voxels) volume: one GEMM, where oneDNN
+    # reorders the volume to its blocked layout and back (2-8x slower at 8-48 channels)
+    # (torch.matmul folds a 2D x 3D product into a transposed one: 6x slower here, so bmm is spelt out)
+    N, C, D, H, W = x.shape
+    Co = weight.shape[0]
+    w = weight.view(1, Co, C).expand(N, -1, -1)
+    flat = x.reshape(N, C, D * H * W)
+    out = torch.bmm(w, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1).expand(N, -1, D * H * W), w, flat)
+    return out.view(N, Co, D, H, W)
 
 
 class ConvTranspose3d(nn.ConvTranspose3d):

@@ -1,0 +1,85 @@
+"""The mixers' CPU inference path (BatchNorm folded into the convolution, GroupNorm / residual / ReLU in place)
+against the module-by-module reference (``fastpath.reference_ops``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scanssc_ros.model import fastpath
+from scanssc_ros.model.mixer import BasicBlock3D, ConvModule3d, SpatialMixingNet, group_norm_
+
+
+def _randomize(module: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial norm parameters and running statistics, so folding them is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm3d, nn.GroupNorm)):
+            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=g)
+        if isinstance(m, nn.BatchNorm3d):
+            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.3
+            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
+    return module.eval()
+
+
+def _fast_and_reference(module, *args):
+    with torch.inference_mode():
+        fast = module(*args)
+        with fastpath.reference_ops():
+            ref = module(*args)
+    return fast, ref
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,norm,act", [
+    (8, 16, 3, 1, "bn", True),
+    (8, 16, 3, 2, "bn", False),
+    (128, 128, 3, 1, "bn", True),  # Winograd with the folded kernel
+    (24, 16, 1, 1, "gn", True),
+    (16, 16, 3, 1, "gn", False),
+])
+def test_conv_module_matches_reference(cin, cout, k, stride, norm, act):
+    torch.manual_seed(0)
+    m = _randomize(ConvModule3d(cin, cout, k, stride, norm=norm, gn_groups=4, act=act), 1)
+    x = torch.randn(1, cin, 6, 8, 4)
+    fast, ref = _fast_and_reference(m, x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert set(m.state_dict()) == set(ConvModule3d(cin, cout, k, stride, norm=norm, gn_groups=4).state_dict())
+
+
+def test_folded_kernel_follows_batchnorm_changes():
+    torch.manual_seed(1)
+    m = _randomize(ConvModule3d(8, 8, 3), 2)
+    x = torch.randn(1, 8, 5, 6, 4)
+    for change in (lambda: None, lambda: m.bn.running_var.mul_(3.0), lambda: m.bn.weight.data.neg_(),
+                   lambda: m.load_state_dict(_randomize(ConvModule3d(8, 8, 3), 3).state_dict())):
+        with torch.no_grad():
+            change()
+        fast, ref = _fast_and_reference(m, x)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,downsample", [(1, False), (2, True)])
+def test_basic_block_and_mixing_net_match_reference(stride, downsample):
+    torch.manual_seed(2)
+    cin = 8 if downsample else 16
+    block = _randomize(BasicBlock3D(cin, 16, stride, downsample), 4)
+    x = torch.randn(1, cin, 8, 8, 4)
+    fast, ref = _fast_and_reference(block, x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    net = _randomize(SpatialMixingNet(16, (2, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 5)
+    fast, ref = _fast_and_reference(net, torch.randn(1, 16, 8, 8, 4).permute(0, 1, 3, 2, 4))  # non-contiguous
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_in_place_matches_f_group_norm(affine):
+    torch.manual_seed(3)
+    gn = nn.GroupNorm(4, 16, affine=affine)
+    if affine:
+        _randomize(gn, 6)
+    x = torch.randn(2, 16, 5, 6, 3) * 3 + 1
+    ref = F.group_norm(x, 4, gn.weight, gn.bias, gn.eps)
+    for inp in (x.clone(), x.contiguous(memory_format=torch.channels_last_3d)):
+        torch.testing.assert_close(group_norm_(inp, gn), ref, rtol=1e-5, atol=1e-5)
