@@ -1,14 +1,13 @@
-"""The mixers' CPU inference path (BatchNorm folded into the convolution, GroupNorm / residual / ReLU in place)
+"""The mixers' CPU inference path (BatchNorm folded into the convolution, residual and ReLU in place)
 against the module-by-module reference (``fastpath.reference_ops``)."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scanssc_ros.model import fastpath
-from scanssc_ros.model.mixer import BasicBlock3D, ConvModule3d, SpatialMixingNet, group_norm_
+from scanssc_ros.model.mixer import BasicBlock3D, ConvModule3d, SpatialMixingNet
 
 
 def _randomize(module: nn.Module, seed: int) -> nn.Module:
@@ -71,15 +70,3 @@ def test_basic_block_and_mixing_net_match_reference(stride, downsample):
     net = _randomize(SpatialMixingNet(16, (2, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 5)
     fast, ref = _fast_and_reference(net, torch.randn(1, 16, 8, 8, 4).permute(0, 1, 3, 2, 4))  # non-contiguous
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("affine", [True, False])
-def test_group_norm_in_place_matches_f_group_norm(affine):
-    torch.manual_seed(3)
-    gn = nn.GroupNorm(4, 16, affine=affine)
-    if affine:
-        _randomize(gn, 6)
-    x = torch.randn(2, 16, 5, 6, 3) * 3 + 1
-    ref = F.group_norm(x, 4, gn.weight, gn.bias, gn.eps)
-    for inp in (x.clone(), x.contiguous(memory_format=torch.channels_last_3d)):
-        torch.testing.assert_close(group_norm_(inp, gn), ref, rtol=1e-5, atol=1e-5)
