@@ -119,6 +119,9 @@ def gather_sum(table: GatherTable, locations: torch.Tensor, weights: torch.Tenso
     itype = torch.int32 if table.rows.shape[0] < 2 ** 31 else torch.int64
     out = table.rows.new_empty(B, Q, nH, Dh)
     chunk = max(1, _GATHER_ENTRIES // (nH * L * 4 * P))
+    # first row of each (batch, head) map, per level
+    heads = [torch.arange(B * nH, dtype=torch.float32).mul_((h + 3) * (w + 3)).add_(first).view(B, 1, nH, 1)
+             for (h, w), first in zip(table.shapes, table.first_row)]
     for q0 in range(0, Q, chunk):
         q1 = min(Q, q0 + chunk)
         idx = torch.empty(B, q1 - q0, nH, L, 4, P, dtype=itype)
@@ -131,8 +134,7 @@ def gather_sum(table: GatherTable, locations: torch.Tensor, weights: torch.Tenso
             y = (loc[..., 1] * h).add_(0.5).clamp_(0, h + 1)
             x0, y0 = x.floor().nan_to_num_(0.0), y.floor().nan_to_num_(0.0)
             fx, fy = x.sub_(x0), y.sub_(y0)
-            head = torch.arange(B * nH, dtype=torch.float32).mul_((h + 3) * wp).add_(table.first_row[lvl])
-            top_left = x0.add_(head.view(B, 1, nH, 1)).add_(y0.mul_(wp)).to(itype)
+            top_left = x0.add_(heads[lvl]).add_(y0.mul_(wp)).to(itype)
             corner = idx[:, :, :, lvl]
             corner[:, :, :, 0] = top_left
             for k, step in ((1, 1), (2, wp), (3, wp + 1)):

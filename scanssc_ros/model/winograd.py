@@ -13,6 +13,7 @@ lite model's 8-32 channels) stay on oneDNN, where the transforms would cost more
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -49,10 +50,7 @@ def _output_axis(m: torch.Tensor, axis: int, out0: torch.Tensor, out1: torch.Ten
 
 
 def _buffer(flat: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
-    n = 1
-    for s in shape:
-        n *= s
-    return flat[:n].view(shape)
+    return flat[:math.prod(shape)].view(shape)
 
 
 def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
