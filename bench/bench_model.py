@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scanssc_ros.config import variant  # noqa: E402
 from scanssc_ros.model.examples import example_inputs  # noqa: E402
+from scanssc_ros.model.precision import PRECISIONS, check_precision, inference_precision  # noqa: E402
 from scanssc_ros.model.scanssc import ScanSSC, count_parameters  # noqa: E402
 from scanssc_ros.predictor import resolve_device  # noqa: E402
 
 STAGES = ["backbone_neck", "depth", "lift", "proposal", "cross_attn", "self_attn", "scan", "mixers", "head"]
-_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 
 def peak_rss_mb() -> float:
@@ -50,9 +51,10 @@ def peak_rss_mb() -> float:
 
 
 def run_one(name: str, device: torch.device, precision: str, iters: int, warmup: int, stereo: bool) -> Dict:
-    dtype = _DTYPES[precision]
-    if precision == "fp16" and device.type == "cpu":
-        raise SystemExit("fp16 autocast is not supported on CPU; use bf16")
+    try:
+        check_precision(precision, device)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     rss0 = peak_rss_mb()
     torch.manual_seed(0)
     cfg = variant(name)
@@ -62,7 +64,7 @@ def run_one(name: str, device: torch.device, precision: str, iters: int, warmup:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs: List[Dict[str, float]] = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.inference_mode(), inference_precision(device, precision):
         for i in range(warmup + iters):
             t: Dict[str, float] = {}
             t0, c0 = time.perf_counter(), time.process_time()
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     results = []
     for name in args.variant.split(","):
         for prec in args.precision.split(","):
-            if prec not in _DTYPES:
+            if prec not in PRECISIONS:
                 ap.error(f"unknown precision {prec!r}")
             results.append(run_one(name.strip(), device, prec.strip(), args.iters, args.warmup, not args.mono))
     print_table(results)

@@ -14,9 +14,10 @@ same kind, so one implementation serves the numpy data pipeline and the torch mo
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - torch is a hard dependency of the pack
     torch = None
 
 Array = Any  # np.ndarray or torch.Tensor
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _is_torch(x: Array) -> bool:
@@ -49,6 +51,20 @@ def _like(m: Array, ref: Array) -> Array:
 
 def _inv(m: Array) -> Array:
     return torch.linalg.inv(m) if _is_torch(m) else np.linalg.inv(m)
+
+
+def full_precision(fn: _F) -> _F:
+    """Run ``fn`` with autocast off for the device of its first tensor argument. The model calls the camera
+    geometry inside its bf16/fp16 autocast region, where a matrix product would round a pixel coordinate near
+    u = 1000 to the nearest 4 px (bf16) and torch.linalg.inv has no half-precision kernel at all."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in (*args, *kwargs.values()) if _is_torch(a)), None)
+        if dev is None or not torch.is_autocast_enabled(dev):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type=dev, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _mT(m: Array) -> Array:
@@ -80,12 +96,14 @@ SEMANTIC_KITTI_GRID = GridSpec()
 
 
 # ---------------------------------------------------------------------------------------------- transforms
+@full_precision
 def transform_points(T: Array, points: Array) -> Array:
     """Apply a (..., 4, 4) rigid transform to (..., N, 3) points."""
     T = _like(T, points)
     return points @ _mT(T[..., :3, :3]) + T[..., None, :3, 3]
 
 
+@full_precision
 def project_points(points: Array, K: Array, T_cam_grid: Array,
                    img_aug: Optional[Array] = None) -> Tuple[Array, Array]:
     """Grid-frame points (..., N, 3) -> pixel coordinates (..., N, 2) and camera depth (..., N).
@@ -103,6 +121,7 @@ def project_points(points: Array, K: Array, T_cam_grid: Array,
     return pix[..., :2] / safe[..., None], depth
 
 
+@full_precision
 def unproject_pixels(uv: Array, depth: Array, K: Array, T_cam_grid: Array,
                      img_aug: Optional[Array] = None) -> Array:
     """Pixels (..., N, 2) at camera depth (..., N) -> grid-frame points (..., N, 3). Inverse of project_points."""

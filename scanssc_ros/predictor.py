@@ -29,12 +29,12 @@ from scanssc_ros.data.image import crop_window, normalize, resize_crop_image
 from scanssc_ros.malloc_tuning import tune_malloc
 from scanssc_ros.model import fastpath
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
+from scanssc_ros.model.precision import check_precision, inference_precision
 from scanssc_ros.model.scanssc import ModelInputs, ScanSSC
 from scanssc_ros.model.timing import stage
 
 UNKNOWN = 255
 MIN_IMAGE_SIDE = 8  # px; smaller images carry no usable content and break the resize/crop arithmetic
-_PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _image_layout() -> torch.memory_format:
@@ -78,11 +78,8 @@ def resize_depth_min(depth: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
 class Predictor:
     def __init__(self, model_or_checkpoint: Union[str, Path, nn.Module], device: Union[str, torch.device] = "cpu",
                  precision: str = "fp32", config: Optional[ModelConfig] = None, mark_unseen: bool = False) -> None:
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type == "cpu":
-            raise ValueError("fp16 autocast is not supported on CPU; use 'bf16' or 'fp32'")
+        check_precision(precision, self.device)
         self.precision = precision
         self.mark_unseen = mark_unseen
         # large CPU temporaries reuse freed memory instead of faulting in fresh pages each frame
@@ -180,9 +177,7 @@ class Predictor:
         t0 = time.perf_counter()
         with stage(timings, "preprocess", self.device):
             inputs = self.preprocess(image_rgb, K, T_cam_grid, stereo_depth, p_shift)
-        dtype = _PRECISIONS[self.precision]
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
+        with torch.inference_mode(), inference_precision(self.device, self.precision):
             fast = fastpath.enabled()
             out = self.model(inputs, timings=timings, upsample=not fast)
             with stage(timings, "postprocess", self.device):

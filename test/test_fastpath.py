@@ -298,10 +298,26 @@ def test_tiny_predictor_fast_equals_reference():
         fast = pred.predict(image, KITTI_K, KITTI_T_CAM_GRID, sd)
         with fastpath.reference_ops():
             ref = pred.predict(image, KITTI_K, KITTI_T_CAM_GRID, sd)
-        assert np.array_equal(fast.labels, ref.labels)
+        inputs = pred.preprocess(image, KITTI_K, KITTI_T_CAM_GRID, sd)
+        fast_stages, ref_stages = _stage_outputs(pred.model, inputs, False), _stage_outputs(pred.model, inputs, True)
+        _assert_stages_close(fast_stages, ref_stages)
+        with torch.inference_mode():
+            ref_full = _full(ref_stages["pts_bbox_head"][0], cfg.grid_dims)
+        _assert_labels_equal_but_near_ties(fast.labels, ref.labels, ref_full, max_flips=10)
         assert np.abs(fast.confidence.astype(int) - ref.confidence).max() <= 1
-    inputs = pred.preprocess(image, KITTI_K, KITTI_T_CAM_GRID, depth)
-    _assert_stages_close(_stage_outputs(pred.model, inputs, False), _stage_outputs(pred.model, inputs, True))
+
+
+def _assert_labels_equal_but_near_ties(got, ref, ref_full: torch.Tensor, max_flips: int, where: str = "") -> int:
+    """Labels equal except at voxels where the reference's two best logits differ by less than 1e-4: rounding
+    can flip those, and which ones flip depends on the CPU's kernels (on this project's 2-core machines none
+    flipped for the tiny model at 1-16 threads; on the 16-core CPU of an H200 machine with torch 2.11 some did).
+    Returns the number of flips."""
+    flipped = np.argwhere(np.asarray(got) != np.asarray(ref))
+    assert len(flipped) <= max_flips, (where, len(flipped))
+    for v in flipped:
+        top2 = ref_full[:, v[0], v[1], v[2]].topk(2).values
+        assert top2[0] - top2[1] < 1e-4, (where, v.tolist(), top2.tolist())
+    return len(flipped)
 
 
 @pytest.mark.slow
@@ -335,16 +351,45 @@ def test_bundled_checkpoint_fast_equals_reference_on_real_frames(kitti_seq):
             lab, conf = labels_confidence(fast["pts_bbox_head"][0], grid)
         for got_l, got_c in ((exact_l, exact_c), (lab, conf)):
             assert (got_c.int() - ref_c.int()).abs().max() <= 1, fid
-            flipped = (got_l != ref_l).nonzero()
-            flips.append(len(flipped))
-            assert len(flipped) <= 10, (fid, len(flipped))
-            for v in flipped:
-                top2 = ref_full[:, v[0], v[1], v[2]].topk(2).values
-                assert top2[0] - top2[1] < 1e-4, (fid, v.tolist(), top2.tolist())
+            flips.append(_assert_labels_equal_but_near_ties(got_l.numpy(), ref_l.numpy(), ref_full, 10, fid))
         if i == 0:  # the predictor's own switch between the two paths
             out = pred.predict(left, K, T, depth, shift)
             with fastpath.reference_ops():
                 out_ref = pred.predict(left, K, T, depth, shift)
-            assert np.array_equal(out.labels, out_ref.labels)
+            _assert_labels_equal_but_near_ties(out.labels, out_ref.labels, ref_full, 10, fid)
             assert np.abs(out.confidence.astype(int) - out_ref.confidence).max() <= 1
     print(f"near-tie voxels flipped per frame (decode only, whole fast path): {flips}")
+
+
+# ---------------------------------------------------------------------------------------------- GroupNorm
+@pytest.mark.parametrize("shape,groups,affine", [
+    ((1, 64, 16, 16, 4), 32, True),  # a mixer's GN: many values per group
+    ((2, 8, 5, 7, 3), 2, True),  # batch 2, odd sizes (the stereo cost volume's GN(2))
+    ((1, 16, 9, 11), 1, False),  # 2D, one group, no affine
+])
+def test_group_norm_stats_affine_matches_aten(shape, groups, affine):
+    """The CUDA inference path's GroupNorm, run here on CPU against F.group_norm (its reference)."""
+    from scanssc_ros.model.layers import group_norm_stats_affine
+
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 1.5
+    w, b = (torch.randn(shape[1]), torch.randn(shape[1])) if affine else (None, None)
+    ref = F.group_norm(x, groups, w, b, 1e-5)
+    got = group_norm_stats_affine(x, groups, w, b, 1e-5)
+    assert got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_module_keeps_aten_off_cuda_and_in_training():
+    from scanssc_ros.model.layers import GroupNorm
+
+    torch.manual_seed(0)
+    gn, ref = GroupNorm(4, 16), nn.GroupNorm(4, 16)
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-1, 1)
+    ref.load_state_dict(gn.state_dict())
+    x = torch.randn(2, 16, 6, 6, 3, requires_grad=True)
+    assert torch.equal(gn(x), ref(x))  # CPU: aten's kernel, bit for bit
+    gn(x).square().sum().backward()
+    assert gn.weight.grad is not None and x.grad is not None

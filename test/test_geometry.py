@@ -127,3 +127,31 @@ def test_voxel_centres_written_into_a_record_view():
     assert not records[:, [0, 4]].any()
     with pytest.raises(ValueError, match="shape"):
         voxel_centers_in_frame(flat, SEMANTIC_KITTI_GRID, T, out=records[:2, 1:4])
+
+
+def test_camera_geometry_stays_fp32_inside_autocast():
+    """The model projects voxel centres and frustum points inside its bf16/fp16 autocast region. Before the
+    geometry opted out, bf16 matrix products moved projected pixels by up to 145 px on CPU and the CUDA run
+    died in linalg.inv (no half kernels)."""
+    from scanssc_ros.model.depth_net import camera_vector
+    from scanssc_ros.model.examples import KITTI_K, KITTI_T_CAM_GRID
+
+    torch.manual_seed(0)
+    K = torch.tensor(KITTI_K, dtype=torch.float32)[None]
+    T = torch.tensor(KITTI_T_CAM_GRID, dtype=torch.float32)[None]
+    aug = torch.tensor(g.input_transform(IMAGE_WH[1], IMAGE_WH[0])[0], dtype=torch.float32)[None]
+    pts = torch.rand(1, 500, 3) * torch.tensor([51.2, 51.2, 6.4]) + torch.tensor([0.0, -25.6, -2.0])
+    shift = torch.tensor([[44.9, 0.2, 0.003]])
+
+    def run():
+        uv, d = g.project_points(pts, K, T, aug)
+        return uv, d, g.unproject_pixels(uv, d, K, T, aug), g.transform_points(T, pts), camera_vector(K, T, aug, shift)
+
+    ref = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        got = run()
+        assert torch.is_autocast_enabled("cpu")  # restored for the layers that follow
+    for r, o in zip(ref, got):
+        assert o.dtype == torch.float32
+        assert torch.equal(r, o)

@@ -62,3 +62,26 @@ def test_training_step_on_cuda(cuda):
     out.logits.float().logsumexp(1).mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_group_norm_cuda_inference_path_matches_aten(cuda, precision):
+    """layers.GroupNorm takes the var_mean + multiply-add path for CUDA inference; aten's kernel is the
+    reference, in the dtype autocast gives it."""
+    from scanssc_ros.model import fastpath
+    from scanssc_ros.model.layers import GroupNorm
+
+    torch.manual_seed(0)
+    gn = GroupNorm(16, 64).to(cuda).eval()
+    with torch.no_grad():
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-1, 1)
+    x = (torch.randn(1, 64, 64, 64, 8, device=cuda) * 3 + 1.5)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        xin = x if dtype is None else x.to(dtype)
+        got = gn(xin)
+        with fastpath.reference_ops():
+            ref = gn(xin)
+    assert got.dtype == ref.dtype
+    torch.testing.assert_close(got.float(), ref.float(), rtol=1e-4, atol=1e-4 if dtype is None else 2e-2)

@@ -11,10 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scanssc_ros.geometry import full_precision
+
 from .deform_conv import DeformConv2dPack
 from .layers import SafeBatchNorm1d, SafeBatchNorm2d
 
 
+@full_precision
 def camera_vector(K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor,
                   p_shift: Optional[torch.Tensor] = None, convention: str = "official") -> torch.Tensor:
     """(B, 33) camera descriptor that conditions the DepthNet SE gates, in the official order: fx, fy, cx, cy,

@@ -38,3 +38,12 @@ def cpu_fp32_inference(*tensors: torch.Tensor) -> bool:
     grad = torch.is_grad_enabled()
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and not (grad and t.requires_grad)
                for t in tensors)
+
+
+def cuda_inference(*tensors: torch.Tensor) -> bool:
+    """True where a CUDA fast path may replace the reference: fast paths on, CUDA tensors, nothing that needs a
+    gradient, not under torch.compile."""
+    if not _STATE["fast"] or torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t.device.type == "cuda" and not (grad and t.requires_grad) for t in tensors)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Conv3d
+from .layers import Conv3d, GroupNorm
 
 
 class OccHead(nn.Module):
@@ -17,7 +17,7 @@ class OccHead(nn.Module):
         self.out_size = tuple(out_size)
         self.occ_convs = nn.ModuleList([nn.Sequential(
             Conv3d(in_channels, mid, 3, padding=1, bias=False),
-            nn.GroupNorm(gn_groups, mid),
+            GroupNorm(gn_groups, mid),
             nn.ReLU(inplace=True),
             Conv3d(mid, num_classes, 1, bias=False),
         )])

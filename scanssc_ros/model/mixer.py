@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastpath
-from .layers import Conv3d
+from .layers import Conv3d, GroupNorm
 from .upsample import trilinear
 
 
@@ -28,7 +28,7 @@ class ConvModule3d(nn.Module):
         if norm == "bn":
             self.bn = nn.BatchNorm3d(cout)
         else:
-            self.gn = nn.GroupNorm(gn_groups, cout)
+            self.gn = GroupNorm(gn_groups, cout)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .depth_net import DepthNet
-from .layers import Conv3d, ConvTranspose3d
+from .layers import Conv3d, ConvTranspose3d, GroupNorm
 from .neighborhood_attention import NeighborhoodCrossAttention2D
 
 
@@ -41,11 +41,11 @@ def stereo_onehot(depth: torch.Tensor, stride: int, dbound: Tuple[float, float, 
 
 
 def convbn_2d(cin: int, cout: int, k: int, stride: int, pad: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False), nn.GroupNorm(2, cout))
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=False), GroupNorm(2, cout))
 
 
 def convbn_3d(cin: int, cout: int, k: int, stride: int, pad: int) -> nn.Sequential:
-    return nn.Sequential(Conv3d(cin, cout, k, stride=stride, padding=pad, bias=False), nn.GroupNorm(2, cout))
+    return nn.Sequential(Conv3d(cin, cout, k, stride=stride, padding=pad, bias=False), GroupNorm(2, cout))
 
 
 class SimpleUnet(nn.Module):
@@ -86,9 +86,9 @@ class StereoVolumeEncoder(nn.Module):
 class ChannelAttention3D(nn.Module):
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(1, c))
+        self.conv1 = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), GroupNorm(1, c))
         self.conv2 = nn.Sequential(Conv3d(c, c // 8, 1), nn.GELU(), nn.Conv3d(c // 8, c, 1), nn.GELU())
-        self.conv = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), nn.GroupNorm(2, c))
+        self.conv = nn.Sequential(Conv3d(c, c, 3, padding=1), nn.GELU(), GroupNorm(2, c))
         self.layer_scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:

@@ -6,17 +6,15 @@ from typing import ContextManager, Optional
 
 import torch
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from scanssc_ros.model.precision import PRECISIONS, check_precision
+
+__all__ = ["PRECISIONS", "amp_dtype", "autocast", "grad_scaler"]
 
 
 def amp_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype (None for fp32). fp16 needs CUDA: CPU autocast has no fp16 GEMMs worth using and the
     gradient scaler is CUDA-only."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return PRECISIONS[precision]
+    return check_precision(precision, device)
 
 
 def autocast(device: torch.device, precision: str) -> ContextManager:
