@@ -10,12 +10,14 @@ Examples:
     python bench/bench_predictor.py                       # lite, bundled checkpoint, frame 0, 2 threads
     python bench/bench_predictor.py --threads 1,2 --iters 7
     python bench/bench_predictor.py --variant paper --iters 1 --warmup 0 --modes fast,reference
+    python bench/bench_predictor.py --modes fast,compiled --iters 5   # torch.compile against the fast paths
 
 Results go to bench/results/predictor_<device>.json (runs of other settings are kept).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -85,14 +87,25 @@ def one_call(pred: Predictor, frame, mode: str):
     return t, out
 
 
+def compiled_predictor(pred: Predictor) -> Predictor:
+    """The same predictor with its model under torch.compile (inductor). The compiled graph holds the standard
+    ops: the fast paths step aside while torch.compile traces."""
+    other = copy.copy(pred)
+    other.model = torch.compile(pred.model, dynamic=False)
+    return other
+
+
 def run(pred: Predictor, frames: List, modes: List[str], iters: int, warmup: int) -> Dict:
     runs: Dict[str, List[Dict[str, float]]] = {m: [] for m in modes}
+    preds = {m: compiled_predictor(pred) if m == "compiled" else pred for m in modes}
+    first_call_ms: Dict[str, float] = {}
     agree = []
     for f_i, frame in enumerate(frames):
         for it in range(warmup + iters):
             outs = {}
             for mode in (modes if it % 2 == 0 else modes[::-1]):  # alternate who goes first
-                t, outs[mode] = one_call(pred, frame, mode)
+                t, outs[mode] = one_call(preds[mode], frame, mode)
+                first_call_ms.setdefault(mode, t["predict_wall"])  # compiled: includes the compilation
                 if it >= warmup:
                     runs[mode].append(t)
             if len(modes) > 1 and it == warmup + iters - 1:
@@ -102,7 +115,8 @@ def run(pred: Predictor, frames: List, modes: List[str], iters: int, warmup: int
     extra = ["process_cpu", "predict_wall", "sgbm", "sgbm_cpu", "with_sgbm"]
     keys = [k for k in STAGES + extra if k in runs[modes[0]][0]]
     med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in keys} for m in modes}
-    out = {"median_ms": med, "calls": {m: len(runs[m]) for m in modes}, "agreement": agree}
+    out = {"median_ms": med, "calls": {m: len(runs[m]) for m in modes}, "agreement": agree,
+           "first_call_ms": first_call_ms}
     if "fast" in med and "reference" in med:
         out["speedup_reference_over_fast"] = {k: med["reference"][k] / max(med["fast"][k], 1e-9) for k in keys}
     return out
@@ -120,6 +134,8 @@ def print_table(res: Dict) -> None:
     for a in res["agreement"]:
         print(f"frame #{a['frame']}: labels differing {a['labels_differ']}, confidence max diff "
               f"{a['confidence_max_diff']}")
+    if "compiled" in res.get("first_call_ms", {}):
+        print(f"first compiled call (compilation included): {res['first_call_ms']['compiled'] / 1e3:.1f} s")
 
 
 def main(argv=None) -> int:
@@ -129,7 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--frames", type=int, nargs="+", default=[0])
     ap.add_argument("--synthetic", action="store_true", help="a synthetic frame instead of the real sample")
-    ap.add_argument("--modes", default="fast,reference", help="comma list of fast,reference")
+    ap.add_argument("--modes", default="fast,reference",
+                    help="comma list of fast, reference and compiled (torch.compile of the model; its first call "
+                         "compiles: several minutes on CPU)")
     ap.add_argument("--threads", default="2", help="comma list of torch intra-op thread counts")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
