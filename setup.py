@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["scanssc_ros", "scanssc_ros.*"]),
     install_requires=[
         "numpy",
-        "torch>=2.1",
+        "torch>=2.4",  # torch.is_autocast_enabled(device_type), used by the fast paths and the geometry
         "opencv-python-headless",
         "pyyaml",
         "tqdm",
