@@ -37,7 +37,6 @@ from scanssc_ros.predictor import resolve_device  # noqa: E402
 STAGES = ["backbone_neck", "depth", "lift", "proposal", "cross_attn", "self_attn", "scan", "mixers", "head"]
 
 
-
 def peak_rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

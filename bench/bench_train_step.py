@@ -22,8 +22,7 @@ from scanssc_ros.losses import ssc_losses  # noqa: E402
 from scanssc_ros.model.examples import example_inputs  # noqa: E402
 from scanssc_ros.model.scanssc import ScanSSC  # noqa: E402
 from scanssc_ros.predictor import resolve_device  # noqa: E402
-
-_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from scanssc_ros.training.amp import autocast, grad_scaler  # noqa: E402
 
 
 def run_one(name: str, device: torch.device, precision: str, steps: int, warmup: int) -> dict:
@@ -34,14 +33,13 @@ def run_one(name: str, device: torch.device, precision: str, steps: int, warmup:
     inputs = example_inputs(cfg, 1, stereo=True, device=device)
     target = torch.randint(0, cfg.num_classes, (1, *cfg.grid_dims), device=device)
     target[:, :, :, -4:] = 255  # some ignored voxels, as in real targets
-    dtype = _DTYPES[precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = grad_scaler(device, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             out = model(inputs)
         loss = ssc_losses(out.logits.float(), target)["total"]
         opt.zero_grad(set_to_none=True)

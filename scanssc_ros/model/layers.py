@@ -110,8 +110,8 @@ def group_norm_stats_affine(x: torch.Tensor, groups: int, weight: Optional[torch
         scale = (var + eps).rsqrt().repeat_interleave(C // groups, dim=1)  # (N, C)
         shift = -mean.repeat_interleave(C // groups, dim=1) * scale
         if weight is not None:
-            scale = scale * weight.float()
-            shift = shift * weight.float()
+            w = weight.float()
+            scale, shift = scale * w, shift * w
         if bias is not None:
             shift = shift + bias.float()
         shape = (N, C) + (1,) * (x.dim() - 2)
