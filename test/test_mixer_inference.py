@@ -70,3 +70,35 @@ def test_basic_block_and_mixing_net_match_reference(stride, downsample):
     net = _randomize(SpatialMixingNet(16, (2, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 5)
     fast, ref = _fast_and_reference(net, torch.randn(1, 16, 8, 8, 4).permute(0, 1, 3, 2, 4))  # non-contiguous
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_chain_matches_reference(monkeypatch):
+    """Every 3x3x3 convolution of the mixers, the fusion and the head on Winograd (as the paper model's
+    128-channel ones are): channels-last volumes from the first convolution to the head, GroupNorm in place,
+    the FPN's and the fusion's 1x1x1 convolutions without their concatenations."""
+    from scanssc_ros.model import layers
+    from scanssc_ros.model.head import OccHead
+    from scanssc_ros.model.mixer import Fuser
+
+    monkeypatch.setattr(layers, "_WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    concatenated = []
+    real_cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda t, *a, **k: concatenated.append(len(t)) or real_cat(t, *a, **k))
+    torch.manual_seed(3)
+    fuser = _randomize(Fuser(16, (2, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 6)
+    head = _randomize(OccHead(16, 5, (16, 16, 8), gn_groups=4), 7)
+    xs = [torch.randn(1, 16, 8, 8, 4) for _ in range(3)]
+    xs[1] = xs[1].permute(0, 1, 3, 2, 4)  # any input layout
+
+    def run():
+        fused = fuser(*xs)
+        return fused, head(fused, upsample=False)
+
+    with torch.inference_mode():
+        fused, logits = run()
+        assert not concatenated and fused.is_contiguous(memory_format=torch.channels_last_3d)
+        assert logits.is_contiguous()  # channels-first again for the decoding
+        with fastpath.reference_ops():
+            ref_fused, ref_logits = run()
+    torch.testing.assert_close(fused, ref_fused, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)

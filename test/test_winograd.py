@@ -23,12 +23,15 @@ def test_winograd_matches_float64_conv3d(monkeypatch, n, cin, cout, shape, chunk
     b = torch.randn(cout, generator=g)
     out = winograd.conv3d_3x3x3(x, winograd.transform_weight(w), b)
     ref = F.conv3d(x.double(), w.double(), b.double(), padding=1)
-    assert out.shape == ref.shape and out.dtype == torch.float32 and out.is_contiguous()
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-6)
-    # channels-last input, no bias
+    # channels-last input (the chain of convolutions), no bias; and a permuted view
     cl = x.contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(winograd.conv3d_3x3x3(cl, winograd.transform_weight(w)).double(),
                                F.conv3d(x.double(), w.double(), padding=1), rtol=0, atol=2e-6)
+    view = x.transpose(2, 4).contiguous().transpose(2, 4)
+    torch.testing.assert_close(winograd.conv3d_3x3x3(view, winograd.transform_weight(w), b), out, rtol=0, atol=0)
 
 
 def test_winograd_rejects_a_kernel_for_other_channels():
@@ -89,3 +92,56 @@ def test_winograd_kernel_follows_weight_changes(monkeypatch):
     conv.float()
     check()
     assert len(calls) == 5
+
+
+def _channels_last(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_parts_equals_conv_of_the_concatenation(bias):
+    parts = [_channels_last(2, 3, 4, 5, 6, seed=1), _channels_last(2, 5, 4, 5, 6, seed=2)]
+    w = torch.randn(7, 8, 1, 1, 1)
+    b = torch.randn(7) if bias else None
+    out = layers.pointwise_parts(parts, w, b)
+    ref = F.conv3d(torch.cat(parts, dim=1).double(), w.double(), None if b is None else b.double())
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+    # a channels-last input to the 1x1x1 Conv3d fast path goes the same way and stays channels-last
+    conv = Conv3d(3, 7, 1, bias=bias).eval()
+    with torch.inference_mode():
+        got = conv(parts[0])
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(got, F.conv3d(parts[0], conv.weight, conv.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (3.0, 1.0), (100.0, 0.01)])  # the last: mean >> spread
+@pytest.mark.parametrize("inplace", [False, True])
+def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypatch, shift, scale, inplace):
+    monkeypatch.setattr(layers, "_GN_CHUNK_VOXELS", 64)  # several chunks
+    x = _channels_last(2, 8, 6, 10, 12, seed=3) * scale + shift
+    w, b = torch.randn(8), torch.randn(8)
+    ref = F.group_norm(x.double(), 4, w.double(), b.double())
+    aten_err = (F.group_norm(x.contiguous(), 4, w, b).double() - ref).abs().max()
+    out = layers.group_norm_channels_last(x.clone(), 4, w, b, 1e-5, inplace=inplace)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (out.double() - ref).abs().max() <= 2 * aten_err + 1e-6
+    none = layers.group_norm_channels_last(x, 4, None, None, 1e-5)
+    ref_none = F.group_norm(x.double(), 4)
+    aten_none_err = (F.group_norm(x.contiguous(), 4).double() - ref_none).abs().max()
+    assert (none.double() - ref_none).abs().max() <= 2 * aten_none_err + 1e-6
+
+
+def test_group_norm_module_takes_channels_last_path_only_for_cpu_inference(monkeypatch):
+    calls = []
+    real = layers.group_norm_channels_last
+    monkeypatch.setattr(layers, "group_norm_channels_last", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gn = layers.GroupNorm(4, 8).eval()
+    x = _channels_last(1, 8, 4, 4, 4, seed=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(gn(x), F.group_norm(x, 4, gn.weight, gn.bias), rtol=1e-5, atol=1e-5)
+        gn(x.contiguous())
+        with fastpath.reference_ops():
+            gn(x)
+    assert calls == [1]

@@ -25,7 +25,7 @@ class OccHead(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         """Logits on the label grid; ``upsample=False``: on the processing grid, for callers that decode them
         without the full-resolution tensor (``decode.labels_confidence``)."""
-        logits = self.occ_convs[0](x)
+        logits = self.occ_convs[0](x).contiguous()  # the CPU fast path's channels-last, for the decoding
         if not upsample:
             return logits
         return F.interpolate(logits, size=self.out_size, mode="trilinear", align_corners=False)

@@ -1,7 +1,7 @@
 """Small building blocks shared by several model files."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -9,9 +9,10 @@ from torch import nn
 
 from . import fastpath, winograd
 
-# Winograd F(2,3) replaces oneDNN for 3x3x3 stride-1 convolutions from this many Cin x Cout on (measured, 2 cores:
-# 128 -> 128 over 128x128x16 1.3-1.7x faster, 256 -> 128 over 64x64x8 1.27x, 128 -> 64 1.13x, 64 -> 64 0.89x)
-_WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 128
+# Winograd F(2,3) replaces oneDNN for 3x3x3 stride-1 convolutions from this many Cin x Cout on (measured, 2 cores,
+# channels-first version: 128 -> 128 over 128x128x16 1.3-1.7x faster, 256 -> 128 over 64x64x8 1.27x; channels-last
+# version against oneDNN on channels-last input: 128 -> 64 over 128x128x16 (the paper head) 1.9x, 64 -> 64 1.06x)
+_WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 64
 
 
 class _SafeBatchNorm:
@@ -41,8 +42,9 @@ class Conv3d(nn.Conv3d):
     is most 3D convolutions of this model: the stereo depth-aggregation stem and U-Net, the coarser mixer
     stages. That kernel is 5-15x slower there than oneDNN, whose result is the same up to float summation order.
     Where aten already chose oneDNN the output is bitwise unchanged. Wide 3x3x3 convolutions (the paper model's
-    128-channel mixers) run Winograd F(2,3) instead (``winograd.py``), with the kernel transformed once and kept
-    until the weight changes.
+    128-channel mixers and head) run Winograd F(2,3) instead (``winograd.py``), with the kernel transformed once
+    and kept until the weight changes; their output is channels-last, and so is what oneDNN and the 1x1x1 product
+    return for channels-last input.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,87 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fastpath.cuda_inference(x):
             return group_norm_stats_affine(x, self.num_groups, self.weight, self.bias, self.eps)
+        if is_channels_last_volume(x) and fastpath.cpu_fp32_inference(x):
+            return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def is_channels_last_volume(x: torch.Tensor) -> bool:
+    """A 5D tensor whose channels are innermost in memory (and more than one of them, where the two layouts
+    coincide): what the Winograd convolutions return."""
+    return x.dim() == 5 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d) and \
+        not x.is_contiguous()
+
+
+def pointwise_parts(parts: Sequence[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]
+                    ) -> torch.Tensor:
+    """The 1x1x1 convolution of ``torch.cat(parts, dim=1)`` for channels-last parts, returned channels-last,
+    without the concatenation: one (voxels x Cin_i) @ (Cin_i x Cout) product per part, summed in place. The
+    paper mixers' concatenations were fresh 268-402 MB volumes, each faulted in page by page and written
+    through a transposed copy."""
+    N, _, D, H, W = parts[0].shape
+    Co = weight.shape[0]
+    w = weight.reshape(Co, -1)
+    out = parts[0].new_empty(N, D, H, W, Co)
+    for n in range(N):
+        acc = out[n].view(-1, Co)
+        c0 = 0
+        for i, part in enumerate(parts):
+            rows = part[n].permute(1, 2, 3, 0).reshape(-1, part.shape[1])  # a view of channels-last memory
+            wt = w[:, c0:c0 + part.shape[1]].t()
+            if i == 0:
+                torch.mm(rows, wt, out=acc) if bias is None else torch.addmm(bias, rows, wt, out=acc)
+            else:
+                acc.addmm_(rows, wt)
+            c0 += part.shape[1]
+    return out.permute(0, 4, 1, 2, 3)
+
+
+# voxels per chunk of the channels-last GroupNorm statistics: 16 MB of 128-channel rows, reused from cache
+_GN_CHUNK_VOXELS = 1 << 15
+
+
+def group_norm_channels_last(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor],
+                             bias: Optional[torch.Tensor], eps: float, inplace: bool = False) -> torch.Tensor:
+    """F.group_norm of a channels-last float32 volume, returned channels-last (``inplace``: written over x, for
+    callers that own it: one fresh volume fewer).
+
+    aten's channels-last CPU kernel sums in plain float32: on a 128 x 128 x 128 x 16 volume its error against
+    float64 was 1e-4..6e-4 where its channels-first kernel's is 1.5e-6, and a channels-first copy and back costs
+    5x the normalisation. Here per-channel sums of x - k and (x - k)^2 (k: a per-channel estimate from the first
+    chunk, so the squares do not cancel) run chunk by chunk in aten's pairwise float32 sum, and channels are
+    merged into groups in float64."""
+    N, C, D, H, W = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(N, D * H * W, C)  # a view
+    V = rows.shape[1]
+    step = max(1, min(V, _GN_CHUNK_VOXELS * 128 // max(C, 1)))
+    k = rows[:, :step].mean(dim=1, keepdim=True)
+    s1 = torch.zeros(N, C, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros(N, C, dtype=torch.float64, device=x.device)
+    buf = x.new_empty(N, step, C)
+    for v0 in range(0, V, step):
+        r = rows[:, v0:v0 + step]
+        d = torch.sub(r, k, out=buf[:, :r.shape[1]])
+        s1 += d.sum(dim=1)
+        s2 += d.mul_(d).sum(dim=1)
+    mean_c = s1 / V  # of x - k
+    var_c = (s2 / V - mean_c * mean_c).clamp_(min=0.0)
+    mean_c = mean_c + k[:, 0].double()
+    cg = C // groups
+    mean_g = mean_c.view(N, groups, cg).mean(dim=2, keepdim=True)
+    var_g = var_c.view(N, groups, cg).mean(dim=2, keepdim=True) + \
+        (mean_c.view(N, groups, cg) - mean_g).square().mean(dim=2, keepdim=True)
+    scale = (var_g + eps).rsqrt().expand(N, groups, cg).reshape(N, C)
+    shift = -mean_g.expand(N, groups, cg).reshape(N, C) * scale
+    if weight is not None:
+        scale, shift = scale * weight.double(), shift * weight.double()
+    if bias is not None:
+        shift = shift + bias.double()
+    shape = (N, C, 1, 1, 1)
+    scale, shift = scale.to(x.dtype).view(shape), shift.to(x.dtype).view(shape)
+    if inplace:
+        return x.mul_(scale).add_(shift)
+    return torch.addcmul(shift, x, scale)
 
 
 def group_norm_stats_affine(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor],
@@ -124,6 +206,10 @@ def _pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     # (torch.matmul folds a 2D x 3D product into a transposed one: 6x slower here, so bmm is spelt out)
     N, C, D, H, W = x.shape
     Co = weight.shape[0]
+    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        # channels-last (the Winograd convolutions' output): (voxels x Cin) @ (Cin x Cout), still channels-last,
+        # instead of a transposed copy of the volume
+        return pointwise_parts([x], weight, bias)
     w = weight.view(1, Co, C).expand(N, -1, -1)
     flat = x.reshape(N, C, D * H * W)
     out = torch.bmm(w, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1).expand(N, -1, D * H * W), w, flat)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastpath
-from .layers import Conv3d, GroupNorm
+from .layers import Conv3d, GroupNorm, group_norm_channels_last, is_channels_last_volume, pointwise_parts
 from .upsample import trilinear
 
 
@@ -40,11 +40,32 @@ class ConvModule3d(nn.Module):
             if self.norm_name == "bn":
                 x = self.conv.inference(x, *self._folded())
             else:
-                x = self.gn(self.conv.inference(x, self.conv.weight, self.conv.bias))
+                x = self._gn_owned(self.conv.inference(x, self.conv.weight, self.conv.bias))
             return x.relu_() if self.act else x
         x = self.conv(x)
         x = self.bn(x) if self.norm_name == "bn" else self.gn(x)
         return F.relu(x, inplace=True) if self.act else x
+
+    def forward_cat(self, parts: List[torch.Tensor]) -> torch.Tensor:
+        """``self(torch.cat(parts, dim=1))``. A 1x1x1 layer on the CPU fast path with channels-last parts (the
+        Winograd convolutions' output) takes them one by one instead of building the concatenation."""
+        fast = not self.training and self.conv.kernel_size == (1, 1, 1) and \
+            all(is_channels_last_volume(p) for p in parts) and self.conv.fast_inference(parts[0]) and \
+            (self.norm_name != "bn" or self.bn.running_mean is not None)
+        if not fast:
+            return self(torch.cat(parts, dim=1))
+        if self.norm_name == "bn":
+            x = pointwise_parts(parts, *self._folded())
+        else:
+            x = self._gn_owned(pointwise_parts(parts, self.conv.weight, self.conv.bias))
+        return x.relu_() if self.act else x
+
+    def _gn_owned(self, x: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of a fresh convolution output on the CPU inference path: channels-last ones in place."""
+        if is_channels_last_volume(x):
+            gn = self.gn
+            return group_norm_channels_last(x, gn.num_groups, gn.weight, gn.bias, gn.eps, inplace=True)
+        return self.gn(x)
 
     def _folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Convolution weight and bias with the eval-mode BatchNorm applied (recomputed per call: a few
@@ -109,7 +130,7 @@ class GeneralizedLSSFPN(nn.Module):
         x = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             up = trilinear(x, feats[i].shape[2:])
-            x = self.fpn_convs[i](self.lateral_convs[i](torch.cat([feats[i], up], dim=1)))
+            x = self.fpn_convs[i](self.lateral_convs[i].forward_cat([feats[i], up]))
         return x
 
 
@@ -139,5 +160,9 @@ class Fuser(nn.Module):
         d = self.depth_mixer(depth_feats)
         h = self.height_mixer(height_feats)
         w = self.width_mixer(width_feats)
-        wts = self.combine_coeff(torch.cat([d, h, w], dim=1))
+        conv = self.combine_coeff[0]
+        if not self.training and all(is_channels_last_volume(t) for t in (d, h, w)) and conv.fast_inference(d):
+            wts = pointwise_parts([d, h, w], conv.weight, conv.bias).softmax(dim=1)  # no 3-volume concatenation
+        else:
+            wts = self.combine_coeff(torch.cat([d, h, w], dim=1))
         return d * wts[:, 0:1] + h * wts[:, 1:2] + w * wts[:, 2:3]

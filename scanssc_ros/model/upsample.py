@@ -36,7 +36,7 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
     n = x.shape[dim] - h0 - h1
     shape = (*x.shape[:dim], n, s, *x.shape[dim + 1:])
     if out is None:
-        out = x.new_empty(shape)
+        out = _empty_like_layout(x, shape, dim)
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
     ctr = x.narrow(dim, h0, n)
@@ -56,6 +56,15 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
                        out=dst.narrow(dim, inner, n - 1))
         dst.narrow(dim, edge, 1).copy_(ctr.narrow(dim, edge, 1))
     return out.flatten(dim, dim + 1)
+
+
+def _empty_like_layout(x: torch.Tensor, shape: Sequence[int], dim: int) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` (x's shape with ``dim`` split in two) in x's memory layout when x is a
+    channels-last volume, so the upsampled result stays channels-last; contiguous otherwise."""
+    if dim >= 2 and x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        # memory order (N, spatial..., C) with the split spatial pair adjacent, so the caller's flatten is a view
+        return x.new_empty([shape[i] for i in (0, 2, 3, 4, 5, 1)]).permute(0, 5, 1, 2, 3, 4)
+    return x.new_empty(shape)
 
 
 def integer_scales(src: Sequence[int], dst: Sequence[int]) -> Optional[Tuple[int, ...]]:

@@ -8,8 +8,12 @@ applied once, to the weights), so the result is as accurate as a direct float32 
 float64 were 3e-6 here, oneDNN's 1.5e-5 on the paper mixer's 128-channel volume).
 
 The paper model's 3D mixers spend most of their time in 128 -> 128 convolutions over 128x128x16 voxels; oneDNN
-took 1.7-2.1 s for one of them on 2 cores, this 1.05-1.3 s (the 64 products alone take 0.52 s). Narrow ones (the
-lite model's 8-32 channels) stay on oneDNN, where the transforms would cost more than the products save.
+took 1.7-2.1 s for one of them on 2 cores, the channels-first version of this 1.05-1.3 s (the 64 products alone
+take 0.52 s), the channels-last one 1.06 s against its 1.34 s in the same run. Narrow ones (the lite model's 8-32
+channels) stay on oneDNN, where the transforms would cost more than the products save.
+
+Higher orders were measured and left out: F(4x4x4) would need 2.4x fewer products than this, F(3x3x3) 1.7x, but
+their float32 errors against float64 on that volume were 1.7e-4 and 4.8e-5 (this: 2.5e-6, oneDNN 9e-6).
 """
 from __future__ import annotations
 
@@ -55,53 +59,63 @@ def _buffer(flat: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
 
 def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.conv3d(x, weight, bias, padding=1)`` for a 3x3x3 kernel given as ``u = transform_weight(weight)``.
-    x (N, Cin, D, H, W) of any size and memory layout; returns a contiguous (N, Cout, D, H, W)."""
+    x (N, Cin, D, H, W) of any size and memory layout; returns (N, Cout, D, H, W) in channels-last memory
+    (``torch.channels_last_3d``), fastest when x is channels-last too, as in a chain of these convolutions.
+
+    The work runs channels-last: every transform pass then reads and writes runs of Cin or Cout contiguous
+    floats. With the channels outermost, the passes along the innermost spatial axis read every second float and
+    the last output pass wrote two floats at a time; for the paper mixers' 128 channels over 128x128x16 the
+    transforms took as long as the 64 matrix products."""
     N, C, D, H, W = x.shape
     Co = u.shape[1]
     if u.shape != (64, Co, C):
         raise ValueError(f"transformed weight {tuple(u.shape)} does not fit {C} input channels")
     Td, Th, Tw = (D + 1) // 2, (H + 1) // 2, (W + 1) // 2
-    out = x.new_empty(N, Co, 2 * Td, 2 * Th, 2 * Tw)
+    R, Wp = 2 * Th + 2, 2 * Tw + 2  # padded rows and columns of a chunk
+    out = x.new_empty(N, 2 * Td, 2 * Th, 2 * Tw, Co)
     step = max(1, _CHUNK_ELEMENTS // (64 * C * Th * Tw))
     t = min(step, Td)
     # a chunk's input planes with a zero border: one plane before every axis, and after it one more where the
     # size is odd (the extra outputs are cut). Borders are written once; a padded copy of the whole input would
     # be fresh memory, faulted in page by page on every call.
-    src_buf = x.new_zeros(C, 2 * t + 2, 2 * Th + 2, 2 * Tw + 2)
-    v1_flat = x.new_empty(4 * C * t * (2 * Th + 2) * (2 * Tw + 2))
-    v2_flat = x.new_empty(16 * C * t * Th * (2 * Tw + 2))
-    v3_flat = x.new_empty(64 * C * t * Th * Tw)
-    m_flat = x.new_empty(64 * Co * t * Th * Tw)
-    z_flat = x.new_empty(32 * Co * t * Th * Tw)
-    y_flat = x.new_empty(16 * Co * t * Th * Tw)
+    src_buf = x.new_zeros(2 * t + 2, R, Wp, C)
+    v1_flat = x.new_empty(4 * t * R * Wp * C)
+    v2_flat = x.new_empty(16 * t * Th * Wp * C)
+    v3_flat = x.new_empty(64 * t * Th * Tw * C)
+    m_flat = x.new_empty(64 * t * Th * Tw * Co)
+    z_flat = x.new_empty(32 * t * Th * Tw * Co)
+    y_flat = x.new_empty(16 * t * Th * Tw * Co)
+    ut = u.transpose(1, 2)  # (64, Cin, Cout): tiles x Cin times Cin x Cout
+    planes = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, Cin), a view
     for n in range(N):
-        blocks = out[n].view(Co, Td, 2, Th, 2, Tw, 2)
+        blocks = out[n].view(Td, 2, Th, 2, Tw, 2, Co)
         for t0 in range(0, Td, step):
             td = min(step, Td - t0)
-            src = src_buf[:, :2 * td + 2]  # padded planes 2 t0 .. 2 (t0 + td) + 1 = input planes from 2 t0 - 1
+            src = src_buf[:2 * td + 2]  # padded planes 2 t0 .. 2 (t0 + td) + 1 = input planes from 2 t0 - 1
             first, end = max(2 * t0 - 1, 0), min(2 * (t0 + td) + 1, D)
             a, b = first - (2 * t0 - 1), end - (2 * t0 - 1)
-            src[:, a:b, 1:H + 1, 1:W + 1] = x[n, :, first:end]
-            src[:, :a].zero_()
-            src[:, b:].zero_()
-            v1 = _buffer(v1_flat, (4, C, td, 2 * Th + 2, 2 * Tw + 2))
-            _data_axis(src, 1, td, v1)
-            v2 = _buffer(v2_flat, (4, 4, C, td, Th, 2 * Tw + 2))
-            _data_axis(v1, 3, Th, v2.transpose(0, 1))
-            v3 = _buffer(v3_flat, (4, 4, 4, C, td, Th, Tw))
-            _data_axis(v2, 5, Tw, v3.permute(2, 0, 1, 3, 4, 5, 6))
-            m = _buffer(m_flat, (64, Co, td * Th * Tw))
-            torch.bmm(u, v3.view(64, C, -1), out=m)
-            m = m.view(4, 4, 4, Co, td, Th, Tw)
-            z = _buffer(z_flat, (4, 4, 2, Co, td, Th, Tw))
+            src[a:b, 1:H + 1, 1:W + 1] = planes[n, first:end]
+            src[:a].zero_()
+            src[b:].zero_()
+            v1 = _buffer(v1_flat, (4, td, R, Wp, C))
+            _data_axis(src, 0, td, v1)
+            v2 = _buffer(v2_flat, (4, 4, td, Th, Wp, C))
+            _data_axis(v1, 2, Th, v2.transpose(0, 1))
+            v3 = _buffer(v3_flat, (4, 4, 4, td, Th, Tw, C))
+            _data_axis(v2, 4, Tw, v3.permute(2, 0, 1, 3, 4, 5, 6))
+            m = _buffer(m_flat, (64, td * Th * Tw, Co))
+            torch.bmm(v3.view(64, -1, C), ut, out=m)
+            m = m.view(4, 4, 4, td, Th, Tw, Co)
+            z = _buffer(z_flat, (4, 4, 2, td, Th, Tw, Co))
             _output_axis(m, 2, z[:, :, 0], z[:, :, 1])
-            y = _buffer(y_flat, (4, 2, 2, Co, td, Th, Tw))
+            y = _buffer(y_flat, (4, 2, 2, td, Th, Tw, Co))
             _output_axis(z, 1, y[:, 0], y[:, 1])
-            dst = blocks[:, t0:t0 + td]  # Co, td, 2, Th, 2, Tw, 2
+            dst = blocks[t0:t0 + td]  # td, 2, Th, 2, Tw, 2, Co
             # y[a, b, c] is the output at offset (a, b, c) of every block
-            _output_axis(y, 0, dst[:, :, 0].permute(3, 5, 0, 1, 2, 4), dst[:, :, 1].permute(3, 5, 0, 1, 2, 4))
+            _output_axis(y, 0, dst[:, 0].permute(2, 4, 0, 1, 3, 5), dst[:, 1].permute(2, 4, 0, 1, 3, 5))
     if bias is not None:
-        out += bias.view(1, Co, 1, 1, 1)
+        out += bias
+    out = out.permute(0, 4, 1, 2, 3)
     if (2 * Td, 2 * Th, 2 * Tw) != (D, H, W):
-        out = out[:, :, :D, :H, :W].contiguous()
+        out = out[:, :, :D, :H, :W].contiguous(memory_format=torch.channels_last_3d)
     return out
