@@ -11,6 +11,7 @@ Examples:
     python bench/bench_predictor.py --threads 1,2 --iters 7
     python bench/bench_predictor.py --variant paper --iters 1 --warmup 0 --modes fast,reference
     python bench/bench_predictor.py --modes fast,compiled --iters 5   # torch.compile against the fast paths
+    SCANSSC_MALLOC_TUNING=heap python bench/bench_predictor.py --variant paper --iters 2 --modes fast
 
 Results go to bench/results/predictor_<device>.json (runs of other settings are kept).
 """
@@ -171,14 +172,16 @@ def main(argv=None) -> int:
                     "input": "synthetic" if args.synthetic else "semantickitti-mini 08",
                     "precision": args.precision, "frames": args.frames, "iters": args.iters,
                     "loadavg_1min_after": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb(),
-                    "rss_before_model_mb": rss0})
+                    "rss_before_model_mb": rss0, "malloc": pred.malloc_tuning,
+                    "malloc_mode": os.environ.get("SCANSSC_MALLOC_TUNING", "1")})
         print(f"--- {res['variant']} {args.device} {args.precision}, {n} thread(s), load average "
-              f"{res['loadavg_1min_after']:.1f}")
+              f"{res['loadavg_1min_after']:.1f}, malloc: {res['malloc']}, peak RSS {res['peak_rss_mb']:.0f} MB")
         print_table(res)
         results.append(res)
     path = args.out or REPO / "bench" / "results" / f"predictor_{args.device.split(':')[0]}.json"
     old = json.loads(path.read_text()) if path.is_file() else {"runs": []}
-    same = lambda r, n: all(r.get(k) == n[k] for k in ("variant", "threads", "device", "precision"))  # noqa: E731
+    same = lambda r, n: all(r.get(k) == n[k] for k in ("variant", "threads", "device", "precision")) and \
+        r.get("malloc_mode", "1") == n["malloc_mode"]  # noqa: E731
     keep = [r for r in old.get("runs", []) if not any(same(r, n) for n in results)]
     doc = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
            "cpu_count": os.cpu_count(), "runs": keep + results}

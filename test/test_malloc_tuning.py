@@ -18,16 +18,18 @@ import ctypes, resource, sys
 from scanssc_ros.malloc_tuning import tune_malloc
 first = tune_malloc()
 assert tune_malloc() == first  # once per process
-# a freed 16 MB block is reused when tuned (no new page faults), faulted in again when not
-buf = ctypes.create_string_buffer(16 << 20); ctypes.memset(buf, 1, 16 << 20); del buf
+# a freed block (16 MB, or 256 MB: above any mmap threshold glibc accepts, a paper-model volume) is reused when
+# tuned (no new page faults), faulted in again when not
+size = int(sys.argv[1]) << 20
+buf = ctypes.create_string_buffer(size); ctypes.memset(buf, 1, size); del buf
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-buf = ctypes.create_string_buffer(16 << 20); ctypes.memset(buf, 1, 16 << 20)
+buf = ctypes.create_string_buffer(size); ctypes.memset(buf, 1, size)
 print(first, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _probe(**env) -> tuple:
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, "PYTHONPATH": str(REPO), **env},
+def _probe(mb: int = 16, **env) -> tuple:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(mb)], env={**os.environ, "PYTHONPATH": str(REPO), **env},
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     return " ".join(out[:-1]), int(out[-1])
 
@@ -41,6 +43,16 @@ def test_thresholds_set_together_and_freed_memory_is_reused():
     # 16 MB = 4k pages: untuned, the block is an mmap again (glibc's adaptive threshold only reaches the freed
     # size) and faulted in page by page
     assert faults_off > 2000 and faults_tuned < faults_off / 10, (faults_tuned, faults_off)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_heap_mode_reuses_blocks_above_the_largest_mmap_threshold():
+    heap, faults_heap = _probe(256, SCANSSC_MALLOC_TUNING="heap")
+    assert heap == "glibc mmap off, heap trimming off"
+    default, faults_default = _probe(256)
+    # 256 MB = 64k pages: an mmap under the default tuning (32 MB is glibc's largest threshold), so faulted in
+    # again; from the heap it is the freed block itself
+    assert faults_default > 30000 and faults_heap < 1000, (faults_heap, faults_default)
 
 
 def test_not_glibc_or_opted_out_leaves_malloc_alone(monkeypatch):
