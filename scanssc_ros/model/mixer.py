@@ -163,6 +163,7 @@ class Fuser(nn.Module):
         conv = self.combine_coeff[0]
         if not self.training and all(is_channels_last_volume(t) for t in (d, h, w)) and conv.fast_inference(d):
             wts = pointwise_parts([d, h, w], conv.weight, conv.bias).softmax(dim=1)  # no 3-volume concatenation
-        else:
-            wts = self.combine_coeff(torch.cat([d, h, w], dim=1))
+            # summed into d, this forward's own volume: no products or partial sums as fresh volumes
+            return d.mul_(wts[:, 0:1]).addcmul_(h, wts[:, 1:2]).addcmul_(w, wts[:, 2:3])
+        wts = self.combine_coeff(torch.cat([d, h, w], dim=1))
         return d * wts[:, 0:1] + h * wts[:, 1:2] + w * wts[:, 2:3]
