@@ -16,8 +16,9 @@ takes 2.3-2.7 M faults (10 GB of fresh pages) and 7-8 s of system time per frame
 depth stage. ``SCANSSC_MALLOC_TUNING=heap`` switches mmap off for malloc (every block from the heap) and heap
 trimming with it, so one frame's memory is reused by the next: paper frames from the second on 0-100k faults,
 0.3-2 s of system time and 30-35 s against 36-43 s (alternating processes, 3 frames each, 2026-12-04), lite
-unchanged (it has ~0 faults either way). It is opt-in because the heap fragments: the paper's peak RSS was 3.6-3.9
-GB against 2.7 GB, above what a laptop replaying bags may want to give, and the process keeps that memory.
+unchanged (it has ~0 faults either way). It is opt-in because the heap fragments: the paper's peak RSS was
+3.46-3.92 GB over seven processes against 2.7 GB, above what a laptop replaying bags may want to give, and the
+process keeps that memory.
 """
 from __future__ import annotations
 
@@ -56,14 +57,13 @@ def _apply() -> Optional[str]:
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if mode == "heap":
-        if mallopt(_M_MMAP_MAX, 0) != 1:
-            return None  # never the trim threshold alone (see above)
-        if mallopt(_M_TRIM_THRESHOLD, -1) != 1:  # -1: never trim (mallopt(3))
-            return None
-        return "glibc mmap off, heap trimming off"
-    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+    if mode == "heap":  # trim threshold -1: never trim (mallopt(3))
+        mmap, trim, what = (_M_MMAP_MAX, 0), -1, "glibc mmap off, heap trimming off"
+    else:
+        mmap, trim = (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), TRIM_THRESHOLD
+        what = f"glibc mmap threshold {MMAP_THRESHOLD >> 20} MB, trim threshold {TRIM_THRESHOLD >> 20} MB"
+    if mallopt(*mmap) != 1:
         return None  # never the trim threshold alone (see above)
-    if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
+    if mallopt(_M_TRIM_THRESHOLD, trim) != 1:
         return None
-    return f"glibc mmap threshold {MMAP_THRESHOLD >> 20} MB, trim threshold {TRIM_THRESHOLD >> 20} MB"
+    return what

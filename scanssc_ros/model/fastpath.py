@@ -47,3 +47,10 @@ def cuda_inference(*tensors: torch.Tensor) -> bool:
         return False
     grad = torch.is_grad_enabled()
     return all(t.device.type == "cuda" and not (grad and t.requires_grad) for t in tensors)
+
+
+def is_channels_last_volume(x: torch.Tensor) -> bool:
+    """A 5D tensor whose channels are innermost in memory (and more than one of them, where the two layouts
+    coincide): what the Winograd convolutions return, which the ops after them keep."""
+    return x.dim() == 5 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d) and \
+        not x.is_contiguous()

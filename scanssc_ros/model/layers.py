@@ -1,7 +1,7 @@
 """Small building blocks shared by several model files."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -96,16 +96,9 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fastpath.cuda_inference(x):
             return group_norm_stats_affine(x, self.num_groups, self.weight, self.bias, self.eps)
-        if is_channels_last_volume(x) and fastpath.cpu_fp32_inference(x):
+        if fastpath.is_channels_last_volume(x) and fastpath.cpu_fp32_inference(x):
             return group_norm_channels_last(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-
-
-def is_channels_last_volume(x: torch.Tensor) -> bool:
-    """A 5D tensor whose channels are innermost in memory (and more than one of them, where the two layouts
-    coincide): what the Winograd convolutions return."""
-    return x.dim() == 5 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d) and \
-        not x.is_contiguous()
 
 
 def pointwise_parts(parts: Sequence[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]
@@ -161,22 +154,30 @@ def group_norm_channels_last(x: torch.Tensor, groups: int, weight: Optional[torc
         s2 += d.mul_(d).sum(dim=1)
     mean_c = s1 / V  # of x - k
     var_c = (s2 / V - mean_c * mean_c).clamp_(min=0.0)
-    mean_c = mean_c + k[:, 0].double()
-    cg = C // groups
-    mean_g = mean_c.view(N, groups, cg).mean(dim=2, keepdim=True)
-    var_g = var_c.view(N, groups, cg).mean(dim=2, keepdim=True) + \
-        (mean_c.view(N, groups, cg) - mean_g).square().mean(dim=2, keepdim=True)
-    scale = (var_g + eps).rsqrt().expand(N, groups, cg).reshape(N, C)
-    shift = -mean_g.expand(N, groups, cg).reshape(N, C) * scale
-    if weight is not None:
-        scale, shift = scale * weight.double(), shift * weight.double()
-    if bias is not None:
-        shift = shift + bias.double()
+    mean_c = (mean_c + k[:, 0].double()).view(N, groups, -1)
+    mean_g = mean_c.mean(dim=2)
+    var_g = var_c.view(N, groups, -1).mean(dim=2) + (mean_c - mean_g[..., None]).square().mean(dim=2)
+    scale, shift = _group_scale_shift(mean_g, var_g, C, weight, bias, eps)
     shape = (N, C, 1, 1, 1)
     scale, shift = scale.to(x.dtype).view(shape), shift.to(x.dtype).view(shape)
     if inplace:
         return x.mul_(scale).add_(shift)
     return torch.addcmul(shift, x, scale)
+
+
+def _group_scale_shift(mean: torch.Tensor, var: torch.Tensor, channels: int, weight: Optional[torch.Tensor],
+                       bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GroupNorm as a per-channel multiply-add: (scale, shift), each (N, C), from the per-group mean and variance
+    (N, groups), in the statistics' dtype."""
+    per_group = channels // mean.shape[1]
+    scale = (var + eps).rsqrt().repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
+    if weight is not None:
+        w = weight.to(scale.dtype)
+        scale, shift = scale * w, shift * w
+    if bias is not None:
+        shift = shift + bias.to(shift.dtype)
+    return scale, shift
 
 
 def group_norm_stats_affine(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor],
@@ -189,13 +190,7 @@ def group_norm_stats_affine(x: torch.Tensor, groups: int, weight: Optional[torch
     with torch.autocast(device_type=x.device.type, enabled=False):
         xf = x.float()
         var, mean = torch.var_mean(xf.reshape(N, groups, -1), dim=-1, correction=0)
-        scale = (var + eps).rsqrt().repeat_interleave(C // groups, dim=1)  # (N, C)
-        shift = -mean.repeat_interleave(C // groups, dim=1) * scale
-        if weight is not None:
-            w = weight.float()
-            scale, shift = scale * w, shift * w
-        if bias is not None:
-            shift = shift + bias.float()
+        scale, shift = _group_scale_shift(mean, var, C, weight, bias, eps)
         shape = (N, C) + (1,) * (x.dim() - 2)
         return torch.addcmul(shift.view(shape), xf, scale.view(shape)).to(out_dtype)
 
@@ -206,7 +201,7 @@ def _pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     # (torch.matmul folds a 2D x 3D product into a transposed one: 6x slower here, so bmm is spelt out)
     N, C, D, H, W = x.shape
     Co = weight.shape[0]
-    if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if fastpath.is_channels_last_volume(x):
         # channels-last (the Winograd convolutions' output): (voxels x Cin) @ (Cin x Cout), still channels-last,
         # instead of a transposed copy of the volume
         return pointwise_parts([x], weight, bias)

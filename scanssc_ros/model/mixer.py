@@ -6,14 +6,14 @@ Fusion: w = softmax(Conv3d([F_dep, F_hgt, F_wid]) over 3 channels), out = sum_a 
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import fastpath
-from .layers import Conv3d, GroupNorm, group_norm_channels_last, is_channels_last_volume, pointwise_parts
+from .layers import Conv3d, GroupNorm, group_norm_channels_last, pointwise_parts
 from .upsample import trilinear
 
 
@@ -32,16 +32,8 @@ class ConvModule3d(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        foldable = self.norm_name != "bn" or self.bn.running_mean is not None
-        if not self.training and foldable and self.conv.fast_inference(x):
-            # CPU inference: BN folded into the convolution, ReLU in place. Every full-size result of the paper's
-            # mixers is 134 MB of fresh memory, faulted in page by page; this makes one instead of two. (GroupNorm
-            # written in place from torch.var_mean statistics took 3x as long as aten's.)
-            if self.norm_name == "bn":
-                x = self.conv.inference(x, *self._folded())
-            else:
-                x = self._gn_owned(self.conv.inference(x, self.conv.weight, self.conv.bias))
-            return x.relu_() if self.act else x
+        if self._fast_inference(x):
+            return self._inference(lambda w, b: self.conv.inference(x, w, b))
         x = self.conv(x)
         x = self.bn(x) if self.norm_name == "bn" else self.gn(x)
         return F.relu(x, inplace=True) if self.act else x
@@ -49,23 +41,30 @@ class ConvModule3d(nn.Module):
     def forward_cat(self, parts: List[torch.Tensor]) -> torch.Tensor:
         """``self(torch.cat(parts, dim=1))``. A 1x1x1 layer on the CPU fast path with channels-last parts (the
         Winograd convolutions' output) takes them one by one instead of building the concatenation."""
-        fast = not self.training and self.conv.kernel_size == (1, 1, 1) and \
-            all(is_channels_last_volume(p) for p in parts) and self.conv.fast_inference(parts[0]) and \
-            (self.norm_name != "bn" or self.bn.running_mean is not None)
-        if not fast:
-            return self(torch.cat(parts, dim=1))
-        if self.norm_name == "bn":
-            x = pointwise_parts(parts, *self._folded())
-        else:
-            x = self._gn_owned(pointwise_parts(parts, self.conv.weight, self.conv.bias))
-        return x.relu_() if self.act else x
+        if self.conv.kernel_size == (1, 1, 1) and all(fastpath.is_channels_last_volume(p) for p in parts) and \
+                self._fast_inference(parts[0]):
+            return self._inference(lambda w, b: pointwise_parts(parts, w, b))
+        return self(torch.cat(parts, dim=1))
 
-    def _gn_owned(self, x: torch.Tensor) -> torch.Tensor:
-        """GroupNorm of a fresh convolution output on the CPU inference path: channels-last ones in place."""
-        if is_channels_last_volume(x):
-            gn = self.gn
-            return group_norm_channels_last(x, gn.num_groups, gn.weight, gn.bias, gn.eps, inplace=True)
-        return self.gn(x)
+    def _fast_inference(self, x: torch.Tensor) -> bool:
+        foldable = self.norm_name != "bn" or self.bn.running_mean is not None
+        return not self.training and foldable and self.conv.fast_inference(x)
+
+    def _inference(self, conv: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        """CPU inference from ``conv(weight, bias)``: BN folded into the convolution, GroupNorm of a channels-last
+        result and ReLU in place. Every full-size result of the paper's mixers is 134 MB of fresh memory, faulted
+        in page by page; this makes one instead of two or three. (A channels-first result keeps aten's GroupNorm:
+        written in place from torch.var_mean statistics it took 3x as long.)"""
+        if self.norm_name == "bn":
+            x = conv(*self._folded())
+        else:
+            x = conv(self.conv.weight, self.conv.bias)
+            if fastpath.is_channels_last_volume(x):
+                gn = self.gn
+                x = group_norm_channels_last(x, gn.num_groups, gn.weight, gn.bias, gn.eps, inplace=True)
+            else:
+                x = self.gn(x)
+        return x.relu_() if self.act else x
 
     def _folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Convolution weight and bias with the eval-mode BatchNorm applied (recomputed per call: a few
@@ -161,7 +160,8 @@ class Fuser(nn.Module):
         h = self.height_mixer(height_feats)
         w = self.width_mixer(width_feats)
         conv = self.combine_coeff[0]
-        if not self.training and all(is_channels_last_volume(t) for t in (d, h, w)) and conv.fast_inference(d):
+        if not self.training and all(fastpath.is_channels_last_volume(t) for t in (d, h, w)) and \
+                conv.fast_inference(d):
             wts = pointwise_parts([d, h, w], conv.weight, conv.bias).softmax(dim=1)  # no 3-volume concatenation
             # summed into d, this forward's own volume: no products or partial sums as fresh volumes
             return d.mul_(wts[:, 0:1]).addcmul_(h, wts[:, 1:2]).addcmul_(w, wts[:, 2:3])

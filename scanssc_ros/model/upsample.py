@@ -61,7 +61,7 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
 def _empty_like_layout(x: torch.Tensor, shape: Sequence[int], dim: int) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` (x's shape with ``dim`` split in two) in x's memory layout when x is a
     channels-last volume, so the upsampled result stays channels-last; contiguous otherwise."""
-    if dim >= 2 and x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if dim >= 2 and fastpath.is_channels_last_volume(x):
         # memory order (N, spatial..., C) with the split spatial pair adjacent, so the caller's flatten is a view
         return x.new_empty([shape[i] for i in (0, 2, 3, 4, 5, 1)]).permute(0, 5, 1, 2, 3, 4)
     return x.new_empty(shape)
