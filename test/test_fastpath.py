@@ -19,6 +19,7 @@ from scanssc_ros.model.layers import Conv3d, ConvTranspose3d, softmax_last
 from scanssc_ros.model.lift import SplatPlan, frustum_points, lss_pool
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
 from scanssc_ros.model.scanssc import ScanSSC
+from scanssc_ros.model.stereo_depth import ChannelAttention3D
 from scanssc_ros.model.upsample import trilinear, upsample_axis
 from scanssc_ros.predictor import Predictor
 
@@ -45,6 +46,37 @@ def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape, batch, bia
             ref = conv(x)
     assert fast.shape == ref.shape
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c,batch", [(8, 1), (16, 2)])
+def test_channel_attention_runs_channels_last_and_matches_reference(c, batch):
+    """The depth aggregation's channel attention converts its input to channels-last once for CPU inference;
+    both 3x3x3 convolutions then see channels-last input, GroupNorm takes the channels-last statistics, and the
+    aggregation's output convolution accepts the result: all within float rounding of the reference."""
+    torch.manual_seed(5)
+    ca, out_conv = ChannelAttention3D(c).eval(), Conv3d(c, 1, 3, padding=1).eval()
+    with torch.no_grad():
+        ca.layer_scale.fill_(0.7)  # 0 at init, which would hide the branch
+        for gn in (ca.conv1[2], ca.conv[2]):
+            gn.weight.uniform_(0.5, 1.5)
+            gn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(batch, c, 7, 5, 9) * 3 + 1
+    seen = []
+    hooks = [conv.register_forward_pre_hook(lambda m, a: seen.append(fastpath.is_channels_last_volume(a[0])))
+             for conv in (ca.conv1[0], ca.conv[0])]
+    with torch.inference_mode():
+        fast = ca(x)
+        fast_out = out_conv(fast).squeeze(1)
+        assert seen == [True, True]
+        with fastpath.reference_ops():
+            ref = ca(x)
+            ref_out = out_conv(ref).squeeze(1)
+    for h in hooks:
+        h.remove()
+    assert fastpath.is_channels_last_volume(fast) and ref.is_contiguous()
+    assert fast_out.is_contiguous()
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-5, atol=1e-5)
 
 
 def test_conv3d_takes_reference_path_for_training_and_autocast():
@@ -84,6 +116,41 @@ def test_pad_zeros_equals_f_pad(pad, fmt):
     x.requires_grad_(True)
     pad_zeros(x, pad).sum().backward()  # training: F.pad itself
     assert torch.equal(x.grad, torch.ones_like(x))
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,groups,act", [
+    (3, 16, 3, 2, 1, True),  # the stem: SAME padding, odd pixel bottom/right
+    (8, 48, 1, 1, 1, True),  # an expand conv
+    (48, 48, 3, 2, 48, True),  # a strided depthwise conv
+    (48, 16, 1, 1, 1, False),  # a projection without activation
+])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(cin, cout, k, stride, groups, act, fmt):
+    from scanssc_ros.model.efficientnet import ConvBNAct
+
+    torch.manual_seed(1)
+    layer = ConvBNAct(cin, cout, k, stride, groups, act).eval()
+    x = torch.randn(2, cin, 13, 18).contiguous(memory_format=fmt)
+    calls = []
+    layer.bn.register_forward_hook(lambda *a: calls.append(1))
+    for _ in range(2):  # new statistics between calls: the folded kernel is never stale
+        with torch.no_grad():
+            layer.bn.running_mean.uniform_(-1, 1)
+            layer.bn.running_var.uniform_(0.2, 3)
+            layer.bn.weight.uniform_(0.5, 2)
+            layer.bn.bias.uniform_(-1, 1)
+        with torch.inference_mode():
+            fast = layer(x)
+            assert not calls  # no separate BatchNorm pass
+            with fastpath.reference_ops():
+                ref = layer(x)
+            assert calls == [1]
+        calls.clear()
+        assert fast.shape == ref.shape and fast.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    layer.train()  # training: batch statistics, no folding
+    layer(x)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("shape", [(1, 300, 4, 2, 4), (2, 50, 8, 5), (2, 50, 8, 8), (7, 17), (3, 40)])

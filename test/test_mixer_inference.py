@@ -102,3 +102,27 @@ def test_channels_last_chain_matches_reference(monkeypatch):
             ref_fused, ref_logits = run()
     torch.testing.assert_close(fused, ref_fused, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_onednn_mixers_convert_their_input_to_channels_last_once():
+    """At the lite model's widths the mixers' 3x3x3 convolutions are oneDNN's: each mixer converts its input
+    once and every convolution, GroupNorm and the fusion then see channels-last volumes, within float rounding
+    of the reference."""
+    from scanssc_ros.model.mixer import Fuser
+
+    torch.manual_seed(4)
+    fuser = _randomize(Fuser(32, (1, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 8)
+    xs = [torch.randn(1, 32, 16, 16, 4) for _ in range(3)]
+    layouts = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(fastpath.is_channels_last_volume(a[0])))
+             for m in fuser.modules() if isinstance(m, ConvModule3d) and m.conv.kernel_size == (3, 3, 3)]
+    with torch.inference_mode():
+        fused = fuser(*xs)
+        assert layouts and all(layouts), layouts
+        assert fused.is_contiguous(memory_format=torch.channels_last_3d)
+        with fastpath.reference_ops():
+            ref = fuser(*xs)
+    for h in hooks:
+        h.remove()
+    assert all(x.is_contiguous() for x in xs)  # the callers' volumes are left as they were
+    torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)

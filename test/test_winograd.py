@@ -118,14 +118,24 @@ def test_pointwise_parts_equals_conv_of_the_concatenation(bias):
 
 @pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (3.0, 1.0), (100.0, 0.01)])  # the last: mean >> spread
 @pytest.mark.parametrize("inplace", [False, True])
-def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypatch, shift, scale, inplace):
+@pytest.mark.parametrize("shape,rows_of", [
+    ((2, 8, 6, 10, 12), 8),  # rows of 8 voxels x 8 channels, several chunks
+    ((1, 16, 3, 5, 7), 3),  # 105 voxels: the largest divisor up to 4 voxels per row
+    ((1, 8, 1, 1, 13), 1),  # a prime voxel count: one voxel per row
+])
+def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypatch, shift, scale, inplace, shape,
+                                                                         rows_of):
     monkeypatch.setattr(layers, "_GN_CHUNK_VOXELS", 64)  # several chunks
-    x = _channels_last(2, 8, 6, 10, 12, seed=3) * scale + shift
-    w, b = torch.randn(8), torch.randn(8)
+    x = _channels_last(*shape, seed=3) * scale + shift
+    assert layers._wide_rows(x)[1] == rows_of
+    C = shape[1]
+    w, b = torch.randn(C), torch.randn(C)
     ref = F.group_norm(x.double(), 4, w.double(), b.double())
     aten_err = (F.group_norm(x.contiguous(), 4, w, b).double() - ref).abs().max()
-    out = layers.group_norm_channels_last(x.clone(), 4, w, b, 1e-5, inplace=inplace)
+    src = x.clone()
+    out = layers.group_norm_channels_last(src, 4, w, b, 1e-5, inplace=inplace)
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (out is src) == inplace and (inplace or torch.equal(src, x))
     assert (out.double() - ref).abs().max() <= 2 * aten_err + 1e-6
     none = layers.group_norm_channels_last(x, 4, None, None, 1e-5)
     ref_none = F.group_norm(x.double(), 4)
