@@ -125,7 +125,8 @@ def test_pointwise_parts_equals_conv_of_the_concatenation(bias):
 ])
 def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypatch, shift, scale, inplace, shape,
                                                                          rows_of):
-    monkeypatch.setattr(layers, "_GN_CHUNK_VOXELS", 64)  # several chunks
+    monkeypatch.setattr(layers, "_GN_CHUNK_FLOATS", 7 * 64)  # several chunks, the last one short
+    monkeypatch.setattr(layers, "_GN_MAX_CHUNKS", 1000)
     x = _channels_last(*shape, seed=3) * scale + shift
     assert layers._wide_rows(x)[1] == rows_of
     C = shape[1]
