@@ -9,7 +9,10 @@ slab is built, reduced and dropped while it is still in cache:
 - trilinear upsampling by an integer factor is separable, and along one axis output ``s*i + r`` is a fixed
   blend of input ``i`` and one neighbour (phase ``r``): one ``lerp`` of two shifted views per phase and axis,
   no index tables. The values differ from ``F.interpolate`` only by float rounding (~1e-7 relative);
-- the confidence of the arg-max class is ``1 / sum_c exp(l_c - max)``; no normalised probability is stored;
+- the confidence of the arg-max class is ``1 / sum_c exp(l_c - max)``; no normalised probability is stored.
+  The exponentials are taken as ``2 ** ((l_c - max) * log2(e))`` with the factor applied to the coarse logits
+  (upsampling is linear, the maximum commutes with it): aten's exp2 takes half the time of exp on CPU, and exp
+  was a third of the decode. Values differ by float rounding (~1e-6 relative for logit gaps ~20);
 - the label is the first class whose ``exp(l_c - max) / sum`` equals that confidence, which keeps the
   reference's tie rule (first index among probabilities that round to the same float: it decides voxels whose
   logits are all ~0).
@@ -23,6 +26,7 @@ import torch
 from .upsample import upsample_axis
 
 _SLAB_BYTES = 8 << 20  # upsampled logits per slab: a few MiB stays in L2/L3 here
+_LOG2E = 1.4426950408889634
 
 
 def confidence_u8(p: torch.Tensor) -> torch.Tensor:
@@ -48,7 +52,7 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
     C, x, y, z = coarse.shape
     X, Y, Z = out_size
     sx, sy, sz = _scale(x, X), _scale(y, Y), _scale(z, Z)
-    coarse = coarse.float()
+    coarse = coarse.float().mul(_LOG2E)  # a new tensor: the caller's logits stay as they are
     if slab is None:
         slab = max(1, _SLAB_BYTES // (4 * C * sx * Y * Z))
     slab = min(slab, x)
@@ -65,7 +69,7 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
         yz = upsample_axis(zup[:, lo:hi], 2, sy, out=yz_buf[:, :hi - lo])
         up = upsample_axis(yz, 1, sx, (i0 - lo, hi - i1), out=up_buf[:, :i1 - i0])
         m = up.amax(dim=0)
-        e = up.sub_(m).exp_()
+        e = up.sub_(m).exp2_()  # = exp(l - max) of the unscaled logits
         inv = e.sum(dim=0).reciprocal_()
         # 1 where a class's probability equals the maximum one (1 / sum), weighted so the first such class wins
         key = e.mul_(inv).eq_(inv).mul_(first).amax(dim=0)
