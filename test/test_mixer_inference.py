@@ -72,6 +72,28 @@ def test_basic_block_and_mixing_net_match_reference(stride, downsample):
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("winograd", [False, True])
+def test_projection_block_convolves_its_input_once(monkeypatch, stride, layout, winograd):
+    """The first block of a stage runs conv1 and its projection shortcut as one convolution with both (folded)
+    kernels stacked, on oneDNN and on Winograd, for either input layout."""
+    from scanssc_ros.model import layers
+    from scanssc_ros.model.layers import Conv3d
+
+    if winograd:
+        monkeypatch.setattr(layers, "_WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    block = _randomize(BasicBlock3D(8, 16, stride, downsample=True), 9)
+    x = torch.randn(1, 8, 8, 6, 4).contiguous(memory_format=layout)
+    out_channels = []
+    real = Conv3d.inference
+    monkeypatch.setattr(Conv3d, "inference",
+                        lambda self, x, w, b: out_channels.append(w.shape[0]) or real(self, x, w, b))
+    fast, ref = _fast_and_reference(block, x)
+    assert out_channels == [32, 16]  # conv1 + shortcut, then conv2; the reference takes none of these calls
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_channels_last_chain_matches_reference(monkeypatch):
     """Every 3x3x3 convolution of the mixers, the fusion and the head on Winograd (as the paper model's
     128-channel ones are): channels-last volumes from the first convolution to the head, GroupNorm in place,
@@ -83,7 +105,13 @@ def test_channels_last_chain_matches_reference(monkeypatch):
     monkeypatch.setattr(layers, "_WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
     concatenated = []
     real_cat = torch.cat
-    monkeypatch.setattr(torch, "cat", lambda t, *a, **k: concatenated.append(len(t)) or real_cat(t, *a, **k))
+
+    def cat(tensors, dim=0, **kwargs):
+        if dim == 1:  # volumes along their channels (stacked kernels go along dim 0)
+            concatenated.append(len(tensors))
+        return real_cat(tensors, dim, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", cat)
     torch.manual_seed(3)
     fuser = _randomize(Fuser(16, (2, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 6)
     head = _randomize(OccHead(16, 5, (16, 16, 8), gn_groups=4), 7)
@@ -114,7 +142,8 @@ def test_onednn_mixers_convert_their_input_to_channels_last_once():
     fuser = _randomize(Fuser(32, (1, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 8)
     xs = [torch.randn(1, 32, 16, 16, 4) for _ in range(3)]
     layouts = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(fastpath.is_channels_last_volume(a[0])))
+    # channels innermost in memory (a stage's first block hands conv2 a channel slice of its stacked convolution)
+    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].stride(1) == 1))
              for m in fuser.modules() if isinstance(m, ConvModule3d) and m.conv.kernel_size == (3, 3, 3)]
     with torch.inference_mode():
         fused = fuser(*xs)

@@ -62,7 +62,10 @@ class Conv3d(nn.Conv3d):
         if self._pointwise:
             return _pointwise_matmul(x, weight, bias)
         if self._winograd:
-            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight), bias)
+            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight), bias)  # reads any strides
+        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
+            # a channel slice of a wider volume (BasicBlock3D's stacked conv1 + shortcut): dense, keeping the layout
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.stride(1) == 1 else torch.contiguous_format)
         return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
 
     def prefers_channels_last(self, x: torch.Tensor) -> bool:

@@ -6,7 +6,7 @@ Fusion: w = softmax(Conv3d([F_dep, F_hgt, F_wid]) over 3 channels), out = sum_a 
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +75,32 @@ class BasicBlock3D(nn.Module):
         self.downsample = ConvModule3d(cin, cout, 3, stride, act=False) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = self.downsample(x) if self.downsample is not None else x
-        out = self.conv2(self.conv1(x))
+        if self._shared_input_conv(x):
+            y, identity = self._conv1_and_downsample(x)
+            out = self.conv2(y)
+        else:
+            identity = self.downsample(x) if self.downsample is not None else x
+            out = self.conv2(self.conv1(x))
         if not self.training and fastpath.cpu_fp32_inference(out):
             return out.add_(identity).relu_()  # no fresh tensor for the sum
         return F.relu(out + identity, inplace=True)
+
+    def _shared_input_conv(self, x: torch.Tensor) -> bool:
+        ds, c1 = self.downsample, self.conv1
+        return ds is not None and ds.norm_name == c1.norm_name == "bn" and c1._fast_inference(x) and \
+            ds._fast_inference(x) and (ds.conv.kernel_size, ds.conv.stride, ds.conv.padding) == \
+            (c1.conv.kernel_size, c1.conv.stride, c1.conv.padding)
+
+    def _conv1_and_downsample(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """conv1 (with its ReLU) and the projection shortcut, which convolve the same input with the same
+        geometry, as one convolution with both kernels stacked: the input is read (and, on Winograd, transformed)
+        once, and oneDNN blocks 32 output channels better than 2 x 16 (lite, 32 -> 16 over 64x64x8: 15.0 ->
+        12.4 ms with the split)."""
+        w1, b1 = fold_batch_norm(self.conv1.conv.weight, self.conv1.conv.bias, self.conv1.bn)
+        w2, b2 = fold_batch_norm(self.downsample.conv.weight, self.downsample.conv.bias, self.downsample.bn)
+        both = self.conv1.conv.inference(x, torch.cat([w1, w2]), torch.cat([b1, b2]))
+        c = w1.shape[0]
+        return both[:, :c].relu_(), both[:, c:]  # views: Conv3d.inference takes strided input
 
 
 class CustomResNet3D(nn.Module):
