@@ -258,6 +258,18 @@ def test_labels_confidence_matches_reference(dims, out_size, slab):
     assert (conf.int() - ref_c.int()).abs().max() <= 1
 
 
+def test_probability_equals_confidence_only_for_exp_one():
+    """labels_confidence's tie rule: a class's probability e * inv rounds to the confidence inv = 1 / sum only
+    where its e = exp(l - max) is exactly 1, for every float inv in [1/64, 1] (up to 64 classes) and the floats
+    e just below 1 where rounding could merge them."""
+    lo = torch.tensor(1 / 64).view(torch.int32).item()
+    inv = torch.arange(lo, torch.tensor(1.0).view(torch.int32).item() + 1, dtype=torch.int32).view(torch.float32)
+    below_one = torch.tensor(1.0).view(torch.int32).item() - torch.arange(0, 6, dtype=torch.int32)
+    for e in below_one.view(torch.float32).tolist() + [0.5, 0.999, 1e-3]:
+        same = torch.tensor(e, dtype=torch.float32) * inv == inv
+        assert bool(same.all()) if e == 1.0 else not bool(same.any()), e
+
+
 @pytest.mark.parametrize("shape,size", [((1, 16, 8, 8, 2), (16, 16, 4)), ((2, 3, 5, 4, 3), (10, 12, 3)),
                                         ((1, 4, 1, 2, 2), (3, 4, 4))])
 def test_trilinear_matches_interpolate(shape, size):

@@ -15,7 +15,8 @@ slab is built, reduced and dropped while it is still in cache:
   was a third of the decode. Values differ by float rounding (~1e-6 relative for logit gaps ~20);
 - the label is the first class whose ``exp(l_c - max) / sum`` equals that confidence, which keeps the
   reference's tie rule (first index among probabilities that round to the same float: it decides voxels whose
-  logits are all ~0).
+  logits are all ~0). For a float ``e <= 1`` and any float ``inv`` in [2^-12, 1], ``e * inv`` rounds to ``inv``
+  only for ``e == 1`` (checked for every such ``inv``), so that is the test: one pass fewer over the slab.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def labels_confidence(coarse: torch.Tensor, out_size: Tuple[int, int, int], slab
         e = up.sub_(m).exp2_()  # = exp(l - max) of the unscaled logits
         inv = e.sum(dim=0).reciprocal_()
         # 1 where a class's probability equals the maximum one (1 / sum), weighted so the first such class wins
-        key = e.mul_(inv).eq_(inv).mul_(first).amax(dim=0)
+        key = e.eq_(1.0).mul_(first).amax(dim=0)
         labels[i0 * sx:i1 * sx].copy_(key.neg_().add_(C))  # cast by copy_: exact, whole numbers in 0..C-1
         conf[i0 * sx:i1 * sx] = confidence_u8(inv)
     return labels, conf
