@@ -106,7 +106,10 @@ class ScanSSC(nn.Module):
         dev = inputs.image.device
         K, T, A = inputs.K, inputs.T_cam_grid, inputs.img_aug
         with stage(timings, "backbone_neck", dev):
-            feats = self.img_neck(self.img_backbone(inputs.image)).contiguous()
+            feats = self.img_neck(self.img_backbone(inputs.image))
+            # CPU inference keeps the backbone's channels-last layout through the DepthNet (oneDNN's native one)
+            layout = torch.channels_last if fastpath.cpu_fp32_inference(feats) else torch.contiguous_format
+            feats = feats.contiguous(memory_format=layout)
         with stage(timings, "depth", dev):
             cam = camera_vector(K, T, A, inputs.p_shift, cfg.input_convention)  # float32; autocast casts where needed
             context, depth, mono_logits = self.depth_net(feats, cam, inputs.stereo_depth)
