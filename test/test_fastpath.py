@@ -341,21 +341,26 @@ def test_self_attention_layer_in_query_chunks_matches_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("axis", ["depth", "height", "width"])
-@pytest.mark.parametrize("pos_kind", ["per_sequence", "shared", "none"])
+@pytest.mark.parametrize("pos_kind", ["per_sequence", "shared", "none", "table"])
 def test_scan_layer_in_sequence_chunks_matches_reference(monkeypatch, axis, pos_kind):
     monkeypatch.setattr(scan, "_LAYER_CHUNK_ELEMENTS", 8 * 32 * 3)  # 3 sequences per chunk
     torch.manual_seed(4)
     layer = scan.ScanBlockLayer(16, 32, 2, axis, dropout=0.1, chunk=4).eval()
     x = torch.randn(50, 8, 16)
-    pos = {"per_sequence": torch.randn(50, 8, 16), "shared": torch.randn(1, 8, 16), "none": None}[pos_kind]
-    calls = []
-    real = layer._layer
-    monkeypatch.setattr(layer, "_layer", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    pos = {"per_sequence": torch.randn(50, 8, 16), "shared": torch.randn(1, 8, 16)}.get(pos_kind)
+    table = torch.randn(7, 8, 16) if pos_kind == "table" else None  # sequence s takes table[s % 7]
+    chunks, whole = [], []
+    real_into, real = layer._layer_into, layer._layer
+    monkeypatch.setattr(layer, "_layer_into", lambda *a: chunks.append(a[0].shape[0]) or real_into(*a))
+    monkeypatch.setattr(layer, "_layer", lambda *a: whole.append(a[0].shape[0]) or real(*a))
     with torch.inference_mode():
-        fast = layer(x, pos)
+        fast = layer(x, pos, table)
         with fastpath.reference_ops():
-            ref = layer(x, pos)
-    assert calls == [3] * 16 + [2] + [50]  # the reference: one call over all sequences
+            ref = layer(x, pos, table)
+            if table is not None:
+                torch.testing.assert_close(ref, layer(x, table[torch.arange(50) % 7]), rtol=0, atol=0)
+    assert chunks == [3] * 16 + [2]
+    assert whole[0] == 50  # the reference: one call over all sequences
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 

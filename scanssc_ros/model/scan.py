@@ -79,19 +79,46 @@ class ScanBlockLayer(nn.Module):
         self.linear2 = nn.Linear(dim_feedforward, embed_dims)
         self.drop2 = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (S, L, C) sequences along this layer's axis; pos broadcastable to x."""
+    def forward(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, pos_table: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """x (S, L, C) sequences along this layer's axis; pos broadcastable to x, or ``pos_table`` (P, L or 1, C):
+        sequence s takes ``pos_table[s % P]`` (how a volume's positional encoding repeats over its sequences,
+        without a copy of it per sequence)."""
         blocked = scan_mask(self.axis, x.shape[1], x.device)
         S, L, C = x.shape
+        rows = None if pos_table is None else torch.arange(S, device=x.device) % pos_table.shape[0]
+        if self.training or not fastpath.cpu_fp32_inference(x, self.linear2.weight):
+            return self._layer(x, pos if rows is None else pos_table[rows], blocked)
         step = max(1, _LAYER_CHUNK_ELEMENTS // (L * max(C, self.linear1.out_features)))
-        if self.training or S <= step or not fastpath.cpu_fp32_inference(x):
-            return self._layer(x, pos, blocked)
-        out = torch.empty_like(x)
+        out = torch.empty_like(x.contiguous())
+        allowed = ~blocked
         per_sequence = pos is not None and pos.dim() == 3 and pos.shape[0] == S
         for s0 in range(0, S, step):
-            p = pos[s0:s0 + step] if per_sequence else pos
-            out[s0:s0 + step] = self._layer(x[s0:s0 + step], p, blocked)
+            if rows is not None:
+                p = pos_table.index_select(0, rows[s0:s0 + step])
+            else:
+                p = pos[s0:s0 + step] if per_sequence else pos
+            self._layer_into(x[s0:s0 + step], p, allowed, out[s0:s0 + step])
         return out
+
+    def _layer_into(self, x: torch.Tensor, pos: Optional[torch.Tensor], allowed: torch.Tensor, out: torch.Tensor
+                    ) -> None:
+        """``_layer`` for CPU inference, written into ``out`` (contiguous, x's shape): the q and k projections
+        as one product, the residual sums inside the output products (addmm) and the ReLU in place, which
+        spares four of the eleven fresh (sequences x L x C..ff) temporaries per chunk."""
+        n, L, C = x.shape
+        attn = self.attn
+        nH = attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        xn = self.norm1(x)
+        qk = F.linear(xn + pos if pos is not None else xn, w[:2 * C], b[:2 * C])  # (n, L, 2C): q | k
+        q = qk[..., :C].view(n, L, nH, C // nH).transpose(1, 2)
+        k = qk[..., C:].view(n, L, nH, C // nH).transpose(1, 2)
+        v = F.linear(xn, w[2 * C:], b[2 * C:]).view(n, L, nH, C // nH).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2).reshape(n * L, C)
+        x1 = torch.addmm(x.reshape(n * L, C), o, attn.out_proj.weight.t()).add_(attn.out_proj.bias)
+        h = F.linear(self.norm2(x1), self.linear1.weight, self.linear1.bias).relu_()
+        torch.addmm(x1, h, self.linear2.weight.t(), out=out.view(n * L, C)).add_(self.linear2.bias)
 
     def _layer(self, x: torch.Tensor, pos: Optional[torch.Tensor], blocked: torch.Tensor) -> torch.Tensor:
         xn = self.norm1(x)
@@ -115,20 +142,19 @@ class ScanBlock(nn.Module):
     def forward(self, vol: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """vol (B, X, Y, Z, C); pos (Y, Z, C). Returns (B, X, Y, Z, C)."""
         B, X, Y, Z, C = vol.shape
+        # sequence s of the flattened (B, ., ., L) lines takes pos_table[s % P]: pos is constant along x
         if self.axis == "depth":
-            seq = vol.permute(0, 2, 3, 1, 4)  # B,Y,Z,X,C
-            p = pos[:, :, None, :].expand(Y, Z, X, C)
+            seq = vol.permute(0, 2, 3, 1, 4)  # B,Y,Z,X,C: s = (b Y + y) Z + z
+            table = pos.reshape(Y * Z, 1, C)
         elif self.axis == "width":
-            seq = vol.permute(0, 1, 3, 2, 4)  # B,X,Z,Y,C
-            p = pos.permute(1, 0, 2)[None].expand(X, Z, Y, C)
+            seq = vol.permute(0, 1, 3, 2, 4)  # B,X,Z,Y,C: s = (b X + x) Z + z
+            table = pos.transpose(0, 1)  # Z,Y,C
         else:
-            seq = vol  # B,X,Y,Z,C
-            p = pos[None].expand(X, Y, Z, C)
+            seq = vol  # B,X,Y,Z,C: s = (b X + x) Y + y
+            table = pos
         shape = seq.shape
         L = shape[3]
-        s = seq.reshape(-1, L, C)
-        p = p.reshape(1, -1, L, C).expand(B, -1, -1, -1).reshape(-1, L, C)
-        out = self.scanblocklayer(s, p).view(shape)
+        out = self.scanblocklayer(seq.reshape(-1, L, C), pos_table=table).view(shape)
         if self.axis == "depth":
             return out.permute(0, 3, 1, 2, 4)
         if self.axis == "width":
