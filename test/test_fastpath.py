@@ -153,6 +153,34 @@ def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(cin, cout, k, st
     assert calls == [1]
 
 
+@pytest.mark.parametrize("k,hw", [(3, (12, 17)), (5, (13, 16))])
+def test_strided_block_writes_its_expansion_into_the_padded_map(monkeypatch, k, hw):
+    """A stride-2 MBConv's expansion (BN folded, SiLU) lands directly in the zero-bordered map its depthwise
+    convolution reads: no pad_zeros copy, same values as the reference."""
+    from scanssc_ros.model import efficientnet
+    from scanssc_ros.model.efficientnet import InvertedResidual
+
+    torch.manual_seed(2)
+    block = InvertedResidual(8, 16, k, 2, 6, 0.0).eval()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 3)
+                m.weight.uniform_(0.5, 2)
+    x = torch.randn(1, 8, *hw).contiguous(memory_format=torch.channels_last)  # as EfficientNet.forward runs it
+    pads = []
+    real = efficientnet.pad_zeros
+    monkeypatch.setattr(efficientnet, "pad_zeros", lambda *a: pads.append(a[1]) or real(*a))
+    with torch.inference_mode():
+        fast = block(x)
+        assert not pads
+        with fastpath.reference_ops():
+            ref = block(x)
+        assert len(pads) == 1 and sum(pads[0]) > 0
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 300, 4, 2, 4), (2, 50, 8, 5), (2, 50, 8, 8), (7, 17), (3, 40)])
 def test_softmax_last_matches_reference(shape):
     torch.manual_seed(0)
