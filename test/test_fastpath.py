@@ -315,6 +315,19 @@ def test_trilinear_matches_interpolate(shape, size):
     assert x.grad is not None
 
 
+def test_trilinear_keeps_a_batch_one_volume_channels_last_for_onednn():
+    """The upsampled batch-1 channels-last volume carries a dense batch stride: aten guesses the memory format of
+    oneDNN's output from all strides, and a flattened size-1 batch stride made it channels-first."""
+    x = torch.randn(1, 16, 4, 4, 2).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        up = trilinear(x, (8, 8, 4))
+        assert up.stride(0) == up.numel() and fastpath.is_channels_last_volume(up)
+        out = Conv3d(16, 8, 3, padding=1).eval()(up)
+    assert fastpath.is_channels_last_volume(out)
+    torch.testing.assert_close(up, F.interpolate(x, size=(8, 8, 4), mode="trilinear", align_corners=False),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_trilinear_non_integer_scale_is_aten():
     x = torch.randn(1, 2, 4, 6, 3)
     with torch.inference_mode():

@@ -155,3 +155,23 @@ def test_onednn_mixers_convert_their_input_to_channels_last_once():
         h.remove()
     assert all(x.is_contiguous() for x in xs)  # the callers' volumes are left as they were
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fpn_lateral_multiplies_before_upsampling(monkeypatch):
+    """On channels-last parts the FPN's lateral 1x1x1 convolution takes the coarse level's product before the
+    trilinear upsampling (they commute): only out_channels-wide volumes are upsampled, and the result is the
+    reference's within float rounding."""
+    import scanssc_ros.model.mixer as mixer
+    from scanssc_ros.model.mixer import GeneralizedLSSFPN
+
+    torch.manual_seed(6)
+    fpn = _randomize(GeneralizedLSSFPN([8, 12, 16], 6, 2), 9)
+    shapes = [(1, 8, 12, 10, 4), (1, 12, 6, 5, 2), (1, 16, 3, 5, 1)]
+    feats = [torch.randn(*s).contiguous(memory_format=torch.channels_last_3d) for s in shapes]
+    upsampled = []
+    real = mixer.trilinear
+    monkeypatch.setattr(mixer, "trilinear", lambda x, size: upsampled.append(x.shape[1]) or real(x, size))
+    fast, ref = _fast_and_reference(fpn, feats)
+    assert upsampled == [6, 6] + [16, 6]  # fast path, then the reference (the concatenated coarse level)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)

@@ -35,14 +35,20 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
     h0, h1 = halo
     n = x.shape[dim] - h0 - h1
     shape = (*x.shape[:dim], n, s, *x.shape[dim + 1:])
-    if out is None:
+    own = out is None
+    if own:
         out = _empty_like_layout(x, shape, dim)
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
     ctr = x.narrow(dim, h0, n)
+    merged = out.flatten(dim, dim + 1)
+    if own and merged.shape[0] == 1:
+        # flatten may give a size-1 batch any stride; aten's memory-format guess (oneDNN's output layout) reads a
+        # batch stride below the volume's size as channels-first, so the batch gets a dense one
+        merged = merged.as_strided(merged.shape, (merged.numel(),) + merged.stride()[1:])
     if s == 1:
         out.select(dim + 1, 0).copy_(ctr)  # a copy: the caller reduces slabs in place
-        return out.flatten(dim, dim + 1)
+        return merged
     for r, (off, w) in enumerate(_phases(s)):
         dst = out.select(dim + 1, r)
         has_halo = h0 if off < 0 else h1
@@ -55,7 +61,7 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
             torch.lerp(ctr.narrow(dim, inner, n - 1), ctr.narrow(dim, inner + off, n - 1), w,
                        out=dst.narrow(dim, inner, n - 1))
         dst.narrow(dim, edge, 1).copy_(ctr.narrow(dim, edge, 1))
-    return out.flatten(dim, dim + 1)
+    return merged
 
 
 def _empty_like_layout(x: torch.Tensor, shape: Sequence[int], dim: int) -> torch.Tensor:
