@@ -48,14 +48,17 @@ def _zero_bordered_like(x: torch.Tensor, pad: Tuple[int, int, int, int]) -> Tupl
     its interior (x's shape) for the caller to fill."""
     left, right, top, bottom = pad
     N, C, H, W = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
+    fmt = torch.channels_last if _is_channels_last_map(x) else torch.contiguous_format
     out = torch.empty((N, C, H + top + bottom, W + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
     for rows in (slice(0, top), slice(top + H, None)):
         out[:, :, rows].zero_()
     for cols in (slice(0, left), slice(left + W, None)):
         out[:, :, top:top + H, cols].zero_()
     return out, out[:, :, top:top + H, left:left + W]
+
+
+def _is_channels_last_map(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class Conv2dSame(nn.Conv2d):
@@ -85,7 +88,7 @@ class Conv2dSame(nn.Conv2d):
 
     def padded_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The convolution of an input that already has its ``same_pad`` border."""
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if _is_channels_last_map(x):
             return self._conv_forward(x, weight, bias)  # the whole backbone runs channels-last (EfficientNet.forward)
         if self.groups > 1 and self.groups == self.in_channels:
             # depthwise: with torch 2.13 on CPU the backward pass of a contiguous (NCHW) depthwise conv took 3.4 s
@@ -106,16 +109,19 @@ class ConvBNAct(nn.Module):
         if self.folds(x):
             # BatchNorm folded into the convolution: one pass fewer over each map (the lite model's first stages,
             # up to 48 x 192 x 640, spent ~6 ms per frame in separate normalisation passes)
-            return self.act(self.conv(x, *fold_batch_norm(self.conv.weight, self.conv.bias, self.bn)))
+            return self.act(self.conv(x, *self._folded()))
         return self.act(self.bn(self.conv(x)))
 
     def folds(self, x: torch.Tensor) -> bool:
         return not self.bn.training and self.bn.running_mean is not None and fastpath.cpu_fp32_inference(x)
 
+    def _folded(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return fold_batch_norm(self.conv.weight, self.conv.bias, self.bn)
+
     def forward_padded(self, x: torch.Tensor, pad: Tuple[int, int, int, int]) -> torch.Tensor:
         """``pad_zeros(self(x), pad)`` where ``folds(x)``, with the activation written straight into the padded
         map: the copy into it took 4.6 ms for the lite model's 48 x 192 x 640 expansion."""
-        y = self.conv(x, *fold_batch_norm(self.conv.weight, self.conv.bias, self.bn))
+        y = self.conv(x, *self._folded())
         out, interior = _zero_bordered_like(y, pad)
         if isinstance(self.act, nn.SiLU):
             torch.ops.aten.silu.out(y, out=interior)
@@ -125,7 +131,7 @@ class ConvBNAct(nn.Module):
 
     def forward_prepadded(self, x: torch.Tensor) -> torch.Tensor:
         """``self`` of an input that already has the convolution's ``same_pad`` border, where ``folds(x)``."""
-        return self.act(self.conv.padded_forward(x, *fold_batch_norm(self.conv.weight, self.conv.bias, self.bn)))
+        return self.act(self.conv.padded_forward(x, *self._folded()))
 
 
 class SELayer(nn.Module):

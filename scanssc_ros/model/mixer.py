@@ -32,8 +32,8 @@ class ConvModule3d(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast_inference(x):
-            return self._inference(lambda w, b: self.conv.inference(x, w, b))
+        if self.fast_inference(x):
+            return self.inference(lambda w, b: self.conv.inference(x, w, b))
         x = self.conv(x)
         x = self.bn(x) if self.norm_name == "bn" else self.gn(x)
         return F.relu(x, inplace=True) if self.act else x
@@ -42,15 +42,15 @@ class ConvModule3d(nn.Module):
         """``self(torch.cat(parts, dim=1))``. A 1x1x1 layer on the CPU fast path with channels-last parts (the
         Winograd convolutions' output) takes them one by one instead of building the concatenation."""
         if self.conv.kernel_size == (1, 1, 1) and all(fastpath.is_channels_last_volume(p) for p in parts) and \
-                self._fast_inference(parts[0]):
-            return self._inference(lambda w, b: pointwise_parts(parts, w, b))
+                self.fast_inference(parts[0]):
+            return self.inference(lambda w, b: pointwise_parts(parts, w, b))
         return self(torch.cat(parts, dim=1))
 
-    def _fast_inference(self, x: torch.Tensor) -> bool:
+    def fast_inference(self, x: torch.Tensor) -> bool:
         foldable = self.norm_name != "bn" or self.bn.running_mean is not None
         return not self.training and foldable and self.conv.fast_inference(x)
 
-    def _inference(self, conv: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+    def inference(self, conv: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
         """CPU inference from ``conv(weight, bias)``: BN folded into the convolution, GroupNorm of a channels-last
         result and ReLU in place. Every full-size result of the paper's mixers is 134 MB of fresh memory, faulted
         in page by page; this makes one instead of two or three. (A channels-first result keeps aten's GroupNorm:
@@ -87,8 +87,8 @@ class BasicBlock3D(nn.Module):
 
     def _shared_input_conv(self, x: torch.Tensor) -> bool:
         ds, c1 = self.downsample, self.conv1
-        return ds is not None and ds.norm_name == c1.norm_name == "bn" and c1._fast_inference(x) and \
-            ds._fast_inference(x) and (ds.conv.kernel_size, ds.conv.stride, ds.conv.padding) == \
+        return ds is not None and ds.norm_name == c1.norm_name == "bn" and c1.fast_inference(x) and \
+            ds.fast_inference(x) and (ds.conv.kernel_size, ds.conv.stride, ds.conv.padding) == \
             (c1.conv.kernel_size, c1.conv.stride, c1.conv.padding)
 
     def _conv1_and_downsample(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +143,8 @@ class GeneralizedLSSFPN(nn.Module):
         for i in range(len(feats) - 2, -1, -1):
             lateral = self.lateral_convs[i]
             if lateral.conv.kernel_size == (1, 1, 1) and lateral.norm_name == "gn" and \
-                    all(fastpath.is_channels_last_volume(t) for t in (feats[i], x)) and lateral._fast_inference(x):
-                x = lateral._inference(lambda w, b, f=feats[i], c=x: _lateral_of_upsampled(f, c, w, b))
+                    all(fastpath.is_channels_last_volume(t) for t in (feats[i], x)) and lateral.fast_inference(x):
+                x = lateral.inference(lambda w, b, f=feats[i], c=x: _lateral_of_upsampled(f, c, w, b))
             else:
                 x = lateral.forward_cat([feats[i], trilinear(x, feats[i].shape[2:])])
             x = self.fpn_convs[i](x)

@@ -35,17 +35,16 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
     h0, h1 = halo
     n = x.shape[dim] - h0 - h1
     shape = (*x.shape[:dim], n, s, *x.shape[dim + 1:])
-    own = out is None
-    if own:
-        out = _empty_like_layout(x, shape, dim)
+    if out is None:
+        # the result is allocated whole and split by a view: a flatten of the split one could give a size-1 batch
+        # any stride, and aten guesses the memory format of oneDNN's output from every stride
+        merged = _empty_like_layout(x, (*x.shape[:dim], n * s, *x.shape[dim + 1:]), dim)
+        out = merged.unflatten(dim, (n, s))
     elif tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
+    else:
+        merged = out.flatten(dim, dim + 1)
     ctr = x.narrow(dim, h0, n)
-    merged = out.flatten(dim, dim + 1)
-    if own and merged.shape[0] == 1:
-        # flatten may give a size-1 batch any stride; aten's memory-format guess (oneDNN's output layout) reads a
-        # batch stride below the volume's size as channels-first, so the batch gets a dense one
-        merged = merged.as_strided(merged.shape, (merged.numel(),) + merged.stride()[1:])
     if s == 1:
         out.select(dim + 1, 0).copy_(ctr)  # a copy: the caller reduces slabs in place
         return merged
@@ -64,13 +63,11 @@ def upsample_axis(x: torch.Tensor, dim: int, s: int, halo: Tuple[int, int] = (0,
     return merged
 
 
-def _empty_like_layout(x: torch.Tensor, shape: Sequence[int], dim: int) -> torch.Tensor:
-    """An uninitialised tensor of ``shape`` (x's shape with ``dim`` split in two) in x's memory layout when x is a
-    channels-last volume, so the upsampled result stays channels-last; contiguous otherwise."""
-    if dim >= 2 and fastpath.is_channels_last_volume(x):
-        # memory order (N, spatial..., C) with the split spatial pair adjacent, so the caller's flatten is a view
-        return x.new_empty([shape[i] for i in (0, 2, 3, 4, 5, 1)]).permute(0, 5, 1, 2, 3, 4)
-    return x.new_empty(shape)
+def _empty_like_layout(x: torch.Tensor, size: Sequence[int], dim: int) -> torch.Tensor:
+    """An uninitialised tensor of ``size`` (x's with ``dim`` longer), channels-last when x is a channels-last volume
+    upsampled along a spatial axis, so the result stays channels-last; contiguous otherwise."""
+    fmt = torch.channels_last_3d if dim >= 2 and fastpath.is_channels_last_volume(x) else torch.contiguous_format
+    return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def integer_scales(src: Sequence[int], dst: Sequence[int]) -> Optional[Tuple[int, ...]]:
