@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scanssc_ros.config import variant
-from scanssc_ros.model import encoder, fastpath, scan
+from scanssc_ros.model import encoder, fastpath, layers, scan
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
 from scanssc_ros.model.examples import KITTI_IMAGE_HW, KITTI_K, KITTI_T_CAM_GRID, synthetic_depth
 from scanssc_ros.model.layers import Conv3d, ConvTranspose3d, softmax_last
@@ -34,12 +34,15 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "scanssc_lite_synth.pt"
     (8, 8, 1, 1, (14, 12, 40)),
     (48, 3, 1, 2, (6, 6, 4)),  # strided 1x1x1: oneDNN
     (16, 32, 3, 1, (20, 20, 8)),  # and one where it already picks oneDNN
+    (8, 1, 3, 1, (12, 10, 20)),  # one output channel: depthwise + channel sum
+    (16, 1, 3, 2, (9, 8, 6)),
 ])
 @pytest.mark.parametrize("batch,bias", [(1, True), (2, False)])
-def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape, batch, bias):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_conv3d_onednn_matches_reference(cin, cout, k, stride, shape, batch, bias, layout):
     torch.manual_seed(0)
     conv = Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=bias).eval()
-    x = torch.randn(batch, cin, *shape)
+    x = torch.randn(batch, cin, *shape).contiguous(memory_format=layout)
     with torch.inference_mode():
         fast = conv(x)
         with fastpath.reference_ops():
@@ -194,15 +197,21 @@ def test_softmax_last_matches_reference(shape):
 
 
 @pytest.mark.parametrize("cin,cout,shape,bias", [(16, 8, (14, 12, 20), False), (32, 16, (5, 6, 7), True)])
-def test_conv_transpose3d_onednn_matches_reference(cin, cout, shape, bias):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("dense_op", [True, False])  # False: a torch without mkldnn's dense deconvolution op
+def test_conv_transpose3d_onednn_matches_reference(monkeypatch, cin, cout, shape, bias, layout, dense_op):
+    if not dense_op:
+        monkeypatch.setattr(layers, "_DECONV", None)
+    elif layers._DECONV is None:
+        pytest.skip("this torch has no mkldnn::_convolution_transpose_pointwise")
     torch.manual_seed(0)
     up = ConvTranspose3d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=bias).eval()
-    x = torch.randn(1, cin, *shape)
+    x = torch.randn(1 + bias, cin, *shape).contiguous(memory_format=layout)
     with torch.inference_mode():
         fast = up(x)
         with fastpath.reference_ops():
             ref = up(x)
-    assert fast.shape == ref.shape == (1, cout, *(2 * d for d in shape)) and fast.layout == torch.strided
+    assert fast.shape == ref.shape == (1 + bias, cout, *(2 * d for d in shape)) and fast.layout == torch.strided
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     x.requires_grad_(True)
     up.train()(x).sum().backward()  # training: the reference op, with autograd
@@ -383,13 +392,15 @@ def test_self_attention_layer_in_query_chunks_matches_reference(monkeypatch):
 
 @pytest.mark.parametrize("axis", ["depth", "height", "width"])
 @pytest.mark.parametrize("pos_kind", ["per_sequence", "shared", "none", "table"])
-def test_scan_layer_in_sequence_chunks_matches_reference(monkeypatch, axis, pos_kind):
-    monkeypatch.setattr(scan, "_LAYER_CHUNK_ELEMENTS", 8 * 32 * 3)  # 3 sequences per chunk
+@pytest.mark.parametrize("L", [8, 32])  # SDPA below scan._CACHED_ATTENTION_MIN_LEN, attention_by_chunks from it
+def test_scan_layer_in_sequence_chunks_matches_reference(monkeypatch, axis, pos_kind, L):
+    monkeypatch.setattr(scan, "_LAYER_CHUNK_ELEMENTS", L * 32 * 3)  # 3 sequences per chunk
+    monkeypatch.setattr(scan, "_ATTENTION_SCORE_FLOATS", 2 * L * L * 2)  # and 2 per attention block inside
     torch.manual_seed(4)
     layer = scan.ScanBlockLayer(16, 32, 2, axis, dropout=0.1, chunk=4).eval()
-    x = torch.randn(50, 8, 16)
-    pos = {"per_sequence": torch.randn(50, 8, 16), "shared": torch.randn(1, 8, 16)}.get(pos_kind)
-    table = torch.randn(7, 8, 16) if pos_kind == "table" else None  # sequence s takes table[s % 7]
+    x = torch.randn(50, L, 16)
+    pos = {"per_sequence": torch.randn(50, L, 16), "shared": torch.randn(1, L, 16)}.get(pos_kind)
+    table = torch.randn(7, L, 16) if pos_kind == "table" else None  # sequence s takes table[s % 7]
     chunks, whole = [], []
     real_into, real = layer._layer_into, layer._layer
     monkeypatch.setattr(layer, "_layer_into", lambda *a: chunks.append(a[0].shape[0]) or real_into(*a))
@@ -403,6 +414,31 @@ def test_scan_layer_in_sequence_chunks_matches_reference(monkeypatch, axis, pos_
     assert chunks == [3] * 16 + [2]
     assert whole[0] == 50  # the reference: one call over all sequences
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", ["depth", "height", "width"])
+@pytest.mark.parametrize("S, L, per_block", [(11, 32, 4), (5, 64, 2), (3, 128, 1), (6, 32, 16)])
+def test_attention_by_chunks_matches_sdpa(monkeypatch, axis, S, L, per_block):
+    """Strided q / k / v views like the layer's (q | k from one product), a last block of fewer sequences,
+    and activations large enough that the softmax's max subtraction matters (exp2 of 300 overflows)."""
+    monkeypatch.setattr(scan, "_ATTENTION_SCORE_FLOATS", per_block * 4 * L * L)
+    torch.manual_seed(5)
+    nH, d = 4, 8
+    qk, v = torch.randn(S, L, 2 * nH * d) * 20, torch.randn(S, L, nH * d)
+    q = qk[..., :nH * d].view(S, L, nH, d).transpose(1, 2)
+    k = qk[..., nH * d:].view(S, L, nH, d).transpose(1, 2)
+    v = v.view(S, L, nH, d).transpose(1, 2)
+    blocked = scan.scan_mask(axis, L)
+    bias = torch.zeros(L, L).masked_fill_(blocked, float("-inf"))
+    out = scan.attention_by_chunks(q, k, v, bias)
+    sdpa = lambda *t: F.scaled_dot_product_attention(*t, attn_mask=~blocked).transpose(1, 2).reshape(S, L, -1)  # noqa: E731
+    ref, exact = sdpa(q, k, v), sdpa(q.double(), k.double(), v.double())
+    assert out.shape == ref.shape and out.is_contiguous() and out.dtype == torch.float32
+    # logits of a few hundred carry float32 rounding of ~1e-5 each, so both sit near, not on, the float64 result
+    err, ref_err = (out - exact).abs().max().item(), (ref - exact).abs().max().item()
+    assert err <= max(2 * ref_err, 1e-5), (err, ref_err)
+    torch.testing.assert_close(scan.attention_by_chunks(q / 20, k / 20, v, bias), sdpa(q / 20, k / 20, v),
+                               rtol=1e-5, atol=1e-5)
 
 
 def _assert_stages_close(fast, ref, rtol=1e-4, atol=1e-4):
