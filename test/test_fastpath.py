@@ -19,7 +19,7 @@ from scanssc_ros.model.layers import Conv3d, ConvTranspose3d, softmax_last
 from scanssc_ros.model.lift import SplatPlan, frustum_points, lss_pool
 from scanssc_ros.model.neighborhood_attention import neighborhood_attention_2d, neighborhood_attention_2d_by_offset
 from scanssc_ros.model.scanssc import ScanSSC
-from scanssc_ros.model.stereo_depth import ChannelAttention3D
+from scanssc_ros.model.stereo_depth import ChannelAttention3D, SimpleUnet
 from scanssc_ros.model.upsample import trilinear, upsample_axis
 from scanssc_ros.predictor import Predictor
 
@@ -216,6 +216,30 @@ def test_conv_transpose3d_onednn_matches_reference(monkeypatch, cin, cout, shape
     x.requires_grad_(True)
     up.train()(x).sum().backward()  # training: the reference op, with autograd
     assert x.grad is not None and up.weight.grad is not None
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_unet_3d_folds_up_convolution_batch_norms_and_matches_reference(monkeypatch, layout):
+    """The 3D U-Net's up-convolutions take their BatchNorm folded in (non-trivial running statistics here) and
+    sum their skip connection in their own layout; the result is the reference's within float rounding."""
+    torch.manual_seed(6)
+    unet = SimpleUnet(8, dims=3).eval()
+    with torch.no_grad():
+        for bn in (unet.conv5[1], unet.conv6[1]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    folded = []
+    real = ConvTranspose3d.inference_bn
+    monkeypatch.setattr(ConvTranspose3d, "inference_bn", lambda self, *a: folded.append(1) or real(self, *a))
+    x = torch.randn(2, 8, 8, 12, 16).relu().contiguous(memory_format=layout)
+    with torch.inference_mode():
+        fast = unet(x)
+        with fastpath.reference_ops():
+            ref = unet(x)
+    assert len(folded) == 2
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------- lift

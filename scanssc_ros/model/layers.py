@@ -310,16 +310,29 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     without it) the input goes in as a oneDNN tensor, which the dispatch cannot refuse, and comes back dense."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if output_size is None and self.padding_mode == "zeros" and x.dim() == 5 and \
-                fastpath.cpu_fp32_inference(x, self.weight):
-            if _DECONV is not None:
-                return _DECONV(x.contiguous(memory_format=torch.channels_last_3d), self.weight, self.bias,
-                               self.padding, self.output_padding, self.stride, self.dilation, self.groups, "none", [],
-                               None)
-            out = F.conv_transpose3d(x.contiguous().to_mkldnn(), self.weight, self.bias, self.stride, self.padding,
-                                     self.output_padding, self.groups, self.dilation)
-            return out.to_dense()
+        if output_size is None and self.fast_inference(x):
+            return self._inference(x, self.weight, self.bias)
         return super().forward(x, output_size)
+
+    def fast_inference(self, x: torch.Tensor) -> bool:
+        return self.padding_mode == "zeros" and x.dim() == 5 and fastpath.cpu_fp32_inference(x, self.weight)
+
+    def inference_bn(self, x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+        """``bn(self(x))`` for an eval-mode ``bn``, as one deconvolution with the BatchNorm folded into it (the
+        lite U-Net's BatchNorm over its 8-channel channels-last output took 4.8 ms); only where
+        ``fast_inference(x)``. A transposed kernel is (Cin, Cout / groups, k, k, k): the scale goes on dim 1."""
+        if self.groups != 1 or bn.training:
+            return bn(self._inference(x, self.weight, self.bias))
+        w, b = fold_batch_norm(self.weight.transpose(0, 1), self.bias, bn)
+        return self._inference(x, w.transpose(0, 1).contiguous(), b)
+
+    def _inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if _DECONV is not None:
+            return _DECONV(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding,
+                           self.output_padding, self.stride, self.dilation, self.groups, "none", [], None)
+        out = F.conv_transpose3d(x.contiguous().to_mkldnn(), weight, bias, self.stride, self.padding,
+                                 self.output_padding, self.groups, self.dilation)
+        return out.to_dense()
 
 
 def _mkldnn_op(name: str):

@@ -69,8 +69,20 @@ class SimpleUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c2 = self.conv2(self.conv1(x))
         c4 = self.conv4(self.conv3(c2))
+        if isinstance(self.conv5[0], ConvTranspose3d) and self.conv5[0].fast_inference(c4) and \
+                fastpath.cpu_fp32_inference(*self.parameters()):
+            c5 = _add_relu_(self.conv5[0].inference_bn(c4, self.conv5[1]), self.redir2(c2))
+            return _add_relu_(self.conv6[0].inference_bn(c5, self.conv6[1]), self.redir1(x))
         c5 = F.relu(self.conv5(c4) + self.redir2(c2), inplace=True)
         return F.relu(self.conv6(c5) + self.redir1(x), inplace=True)
+
+
+def _add_relu_(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """relu(up + skip) written over ``up`` (a fresh result the caller owns), with ``skip`` first brought to up's
+    layout: aten adds a channels-last and a channels-first volume 8 channels at a time with the other operand read
+    430k floats apart (5.6 ms for the lite U-Net's last sum; a layout copy and an aligned sum take 1.5 ms)."""
+    fmt = torch.channels_last_3d if fastpath.is_channels_last_volume(up) else torch.contiguous_format
+    return up.add_(skip.contiguous(memory_format=fmt)).relu_()
 
 
 class StereoVolumeEncoder(nn.Module):
