@@ -392,6 +392,24 @@ def _stage_outputs(model: ScanSSC, inputs, reference: bool):
 
 
 # ----------------------------------------------------------------------------------------- chunked layers
+@pytest.mark.parametrize("batch", [1, 2])
+def test_self_attention_points_equal_reference_bitwise(batch):
+    """Sampling locations with the divisions and the reference-point sums as row-wide operations (the sum
+    through a 0/1 product): the same float operations per element, so the same bits."""
+    torch.manual_seed(9)
+    attn = encoder.DeformSelfAttention(32, 4, 4, 0.0).eval()
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 2.0)
+    rows, cols = 6, 10
+    q, pos, ref = torch.randn(batch, rows * cols, 32), torch.randn(rows * cols, 32), torch.rand(rows * cols, 2)
+    with torch.inference_mode():
+        loc, w = attn.points(q, pos, ref, (rows, cols))
+        with fastpath.reference_ops():
+            loc_ref, w_ref = attn.points(q, pos, ref, (rows, cols))
+    assert loc.shape == loc_ref.shape == (batch, rows * cols, 4, 1, 8, 2)
+    assert torch.equal(loc, loc_ref) and torch.equal(w, w_ref)
+
+
 def test_self_attention_layer_in_query_chunks_matches_reference(monkeypatch):
     monkeypatch.setattr(encoder, "_SELF_CHUNK_ELEMENTS", 32 * 7)  # 7 queries per chunk, the last one short
     torch.manual_seed(3)

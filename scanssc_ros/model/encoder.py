@@ -148,11 +148,22 @@ class DeformSelfAttention(nn.Module):
         nH, P, nQ = self.num_heads, self.num_points, self.num_queues
         rows, cols = shape_hw
         qcat = torch.cat([query, query + pos], dim=-1)
-        off = self.sampling_offsets(qcat).view(B, N, nH, nQ, P, 2) / query.new_tensor([cols, rows])
         weights = softmax_last(self.attention_weights(qcat).view(B, N, nH, nQ, P))
         # every queue samples the same features, so the queue average is one sum over nQ*P points at weight/nQ
+        weights = (weights / nQ).view(B, N, nH, 1, nQ * P)
+        off = self.sampling_offsets(qcat)
+        if fastpath.cpu_fp32_inference(off, ref) and off.is_contiguous():
+            # the same divisions and sums, as row-wide operations: aten broadcast the (x, y) pair over
+            # (heads, queues, points) two floats at a time (2.5 + 1.4 ms for the lite grid's 32k queries)
+            K = off.shape[-1]
+            flat = off.view(B * N, K).div_(query.new_tensor([cols, rows]).repeat(K // 2))
+            # + ref through a product with a 0/1 matrix: each sum is ref + off, exactly (x * 1 + y * 0 = x)
+            pick = torch.eye(2, dtype=off.dtype, device=off.device).repeat(1, K // 2)
+            flat.addmm_(ref.to(off.dtype).repeat(B, 1), pick)
+            return off.view(B, N, nH, 1, nQ * P, 2), weights
+        off = off.view(B, N, nH, nQ, P, 2) / query.new_tensor([cols, rows])
         loc = (ref[None, :, None, None, None, :] + off).view(B, N, nH, 1, nQ * P, 2)
-        return loc, (weights / nQ).view(B, N, nH, 1, nQ * P)
+        return loc, weights
 
     def output(self, sampled: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.output_proj(sampled.to(query.dtype))) + query
