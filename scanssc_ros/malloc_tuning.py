@@ -17,8 +17,9 @@ depth stage. ``SCANSSC_MALLOC_TUNING=heap`` switches mmap off for malloc (every 
 trimming with it, so one frame's memory is reused by the next: paper frames from the second on 0-100k faults,
 0.3-2 s of system time and 30-35 s against 36-43 s (alternating processes, 3 frames each, 2026-12-04), lite
 unchanged (it has ~0 faults either way). It is opt-in because the heap fragments: the paper's peak RSS was
-3.46-3.92 GB over seven processes against 2.7 GB, above what a laptop replaying bags may want to give, and the
-process keeps that memory.
+3.46-3.92 GB over seven processes against 2.7 GB, and with the leaner code of 2026-12-05 still 3.08-3.57 GB over
+three (23.3-23.8 s per frame) against 2.6 GB: above what a laptop replaying bags may want to give, and the process
+keeps that memory.
 """
 from __future__ import annotations
 
