@@ -218,6 +218,22 @@ def test_conv_transpose3d_onednn_matches_reference(monkeypatch, cin, cout, shape
     assert x.grad is not None and up.weight.grad is not None
 
 
+def test_conv_transpose3d_falls_back_when_the_dense_op_fails(monkeypatch, caplog):
+    """A torch whose private deconvolution op refuses the call: a warning, the oneDNN tensor path from then on."""
+    def broken(*a):
+        raise RuntimeError("unsupported")
+    monkeypatch.setattr(layers, "_DECONV", broken)
+    torch.manual_seed(0)
+    up = ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1).eval()
+    x = torch.randn(1, 8, 5, 6, 7)
+    with torch.inference_mode(), caplog.at_level("WARNING"):
+        fast = up(x)
+        with fastpath.reference_ops():
+            ref = up(x)
+    assert layers._DECONV is None and "oneDNN tensor path" in caplog.text
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
 def test_unet_3d_folds_up_convolution_batch_norms_and_matches_reference(monkeypatch, layout):
     """The 3D U-Net's up-convolutions take their BatchNorm folded in (non-trivial running statistics here) and

@@ -1,6 +1,7 @@
 """Small building blocks shared by several model files."""
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -327,9 +328,14 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         return self._inference(x, w.transpose(0, 1).contiguous(), b)
 
     def _inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        global _DECONV
         if _DECONV is not None:
-            return _DECONV(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding,
-                           self.output_padding, self.stride, self.dilation, self.groups, "none", [], None)
+            try:
+                return _DECONV(x.contiguous(memory_format=torch.channels_last_3d), weight, bias, self.padding,
+                               self.output_padding, self.stride, self.dilation, self.groups, "none", [], None)
+            except (RuntimeError, TypeError) as e:  # a torch whose private op differs: the public path from now on
+                _log.warning("mkldnn::_convolution_transpose_pointwise failed (%s); using the oneDNN tensor path", e)
+                _DECONV = None
         out = F.conv_transpose3d(x.contiguous().to_mkldnn(), weight, bias, self.stride, self.padding,
                                  self.output_padding, self.groups, self.dilation)
         return out.to_dense()
@@ -343,6 +349,7 @@ def _mkldnn_op(name: str):
 
 
 _DECONV = _mkldnn_op("_convolution_transpose_pointwise")
+_log = logging.getLogger(__name__)
 
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
