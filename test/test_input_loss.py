@@ -56,6 +56,18 @@ def test_gaps_count_the_missing_images_including_those_before_the_period_was_kno
                for n in notes), notes
 
 
+def test_a_stall_before_the_period_is_known_is_counted_by_the_period_once_it_is():
+    """The node's first frames, then 2.4 s in which 23 images and all but one of their camera_infos are lost (CI saw
+    this once: the one info counted 1 image and the rest of the gap went uncounted), then a steady stream."""
+    s = Stream()
+    s.frames([0, 1], info=True)
+    s.frames([12], info=True, image=False)  # the one camera_info that came through the stall
+    s.frames([25, 26, 27, 28, 29], info=True)
+    assert s.lost() == 23 and s.det.lost == 23
+    assert any("a 2.400 s gap in the left image stamps at the observed 0.100 s camera period: 23 images missing "
+               "(1 counted before the period was known)" in n for n in s.det.notes())
+
+
 def test_heavy_loss_still_finds_the_period():
     s = Stream()
     received = [0, 1, 2, 5, 6, 9, 13, 14, 18, 22, 23, 27, 31]  # 69 % of the gaps are losses

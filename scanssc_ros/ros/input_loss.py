@@ -14,8 +14,10 @@ fragment. The node cannot see those messages, only the holes they leave:
   an info with no image after ``wait_limit`` seconds is a lost image. This also catches the newest images, after
   which no later stamp would reveal a gap. Should the image turn up later after all, the count is taken back.
 
-Images before the first received one cannot be counted, nor images lost together with their camera_info after the
-last received frame. Nothing here imports rclpy.
+A gap seen before the period is known (the first few frames) counts its camera_infos at once and is judged by the
+period as well once that is known (the larger count wins), so a stall right at the start that loses images together
+with their infos is still counted. Images before the first received one cannot be counted, nor images lost together
+with their camera_info after the last received frame. Nothing here imports rclpy.
 """
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ class LossDetector:
         self._last: Optional[float] = None  # newest stamp accounted for (received, or counted lost)
         self._last_wall = 0.0
         self._diffs: Deque[float] = deque(maxlen=PERIOD_WINDOW)
-        self._unjudged: List[float] = []  # stamp gaps seen before the period was known
+        # stamp gaps seen before the period was known, with the images already counted for them (by camera_info)
+        self._unjudged: List[Tuple[float, int]] = []
         self._recent: Deque[List] = deque(maxlen=PERIOD_WINDOW)  # [stamp, its camera_info seen] per image
         self._expected: Deque[_Expected] = deque(maxlen=64)  # info stamps newer than any received image
         self._counted_by_info: Deque[float] = deque(maxlen=PERIOD_WINDOW)
@@ -155,30 +158,32 @@ class LossDetector:
         self._last, self._last_wall = t, now
         self._expected = deque((e for e in self._expected if e.t > t + self.tolerance), maxlen=64)
         if gap > JUMP_SLACK + 2.0 * wall:  # far more camera time than wall time: skipped ahead, not lost
-            self._judge([(gap, by_info)], None)
+            self._judge([(gap, by_info, 0)], None)
             return
         self._diffs.append(gap)
         period = self.period
         if period is None:
-            if by_info:
-                self._judge([(gap, by_info)], None)
-            else:
-                self._unjudged.append(gap)
+            # the camera_infos' count now; the period's, if larger, once it is known (a stall in the first frames
+            # can lose many images together with their infos)
+            self._judge([(gap, by_info, 0)], None)
+            self._unjudged.append((gap, by_info))
             return
-        self._judge([(g, 0) for g in self._unjudged] + [(gap, by_info)], period)
+        self._judge([(g, counted, counted) for g, counted in self._unjudged] + [(gap, by_info, 0)], period)
         self._unjudged.clear()
 
-    def _judge(self, gaps: List[Tuple[float, int]], period: Optional[float]) -> None:
-        for g, by_info in gaps:
+    def _judge(self, gaps: List[Tuple[float, int, int]], period: Optional[float]) -> None:
+        """gaps: (stamp gap, images counted for it by camera_info, images already counted for it)."""
+        for g, by_info, already in gaps:
             by_period = int(round(g / period)) - 1 if period is not None and g > 0 else 0
-            missing = max(by_period, by_info)
+            missing = max(by_period, by_info) - already
             if missing <= 0:
                 continue
             self._add_lost(missing)
             how = (f"the observed {period:.3f} s camera period" if by_period >= by_info else
                    f"{by_info} camera_info{'s' if by_info > 1 else ''} stamped in it")
-            self._notes.append(f"a {g:.3f} s gap in the left image stamps at {how}: {missing} "
-                               f"image{'s' if missing > 1 else ''} missing")
+            more = f" ({already} counted before the period was known)" if already else ""
+            self._notes.append(f"a {g:.3f} s gap in the left image stamps at {how}: {missing + already} "
+                               f"image{'s' if missing + already > 1 else ''} missing{more}")
 
     def _add_lost(self, n: int) -> None:
         self.lost += n
