@@ -308,7 +308,8 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     backend uses (``mkldnn::_convolution_transpose_pointwise``); on channels-last input it returns channels-last,
     so the input goes in channels-last (16 -> 8 channels, 28 x 24 x 80 -> x2: 4.9 ms, against 25 ms through a
     oneDNN tensor, whose conversion back to a dense one took 15 of them). Where that op is missing (torch built
-    without it) the input goes in as a oneDNN tensor, which the dispatch cannot refuse, and comes back dense."""
+    without it) or refuses a call (a torch whose private op differs: a warning, then never again), the input goes
+    in as a oneDNN tensor, which the dispatch cannot refuse, and comes back dense."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if output_size is None and self.fast_inference(x):
