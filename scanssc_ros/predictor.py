@@ -13,7 +13,9 @@ evaluation scores every voxel, including those out of view; the ROS node turns i
 """
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -25,7 +27,7 @@ from torch import nn
 from scanssc_ros import geometry
 from scanssc_ros.checkpoint import load
 from scanssc_ros.config import ModelConfig
-from scanssc_ros.data.image import crop_window, normalize, resize_crop_image
+from scanssc_ros.data.image import crop_window, network_input
 from scanssc_ros.malloc_tuning import tune_malloc
 from scanssc_ros.model import fastpath
 from scanssc_ros.model.decode import labels_confidence, labels_confidence_reference
@@ -47,6 +49,19 @@ class Prediction:
     labels: np.ndarray  # uint8 (X, Y, Z) class ids; 255 = unknown (only with mark_unseen)
     confidence: np.ndarray  # uint8 (X, Y, Z) = round(255 * max softmax probability)
     timings: Dict[str, float]  # milliseconds per stage
+
+
+_WORKER: Optional[ThreadPoolExecutor] = None
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker() -> ThreadPoolExecutor:
+    """One process-wide helper thread for the parts of preprocessing that overlap (created on first use)."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanssc-preprocess")
+        return _WORKER
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -134,18 +149,16 @@ class Predictor:
                    stereo_depth: Optional[np.ndarray] = None, p_shift: Optional[np.ndarray] = None) -> ModelInputs:
         self._validate(image, K, T_cam_grid, stereo_depth, p_shift)
         out_hw = self.config.input_size
-        img, aug = resize_crop_image(image, out_hw)
-        # in torch (2 threads, one pass fewer than numpy: 11 -> 4 ms); the same float32 operations, so the same
-        # values
-        x = normalize(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0))
+        _, (rh, rw, top, left) = geometry.input_transform(image.shape[0], image.shape[1], out_hw)
+        # the depth map is resized on the helper thread while this one starts on the image, whose resize the two
+        # threads then share (numpy and PIL release the GIL; data.image.resize_bicubic): 15 -> 10 ms for KITTI
+        depth = None if stereo_depth is None else _worker().submit(
+            lambda: crop_window(resize_depth_min(stereo_depth, (rh, rw)), top, left, out_hw))
+        x, aug = network_input(image, out_hw, channels_last=_image_layout() == torch.channels_last, pool=_worker())
         to = dict(device=self.device)
-        sd = None
-        if stereo_depth is not None:
-            _, (rh, rw, top, left) = geometry.input_transform(image.shape[0], image.shape[1], out_hw)
-            d = crop_window(resize_depth_min(stereo_depth, (rh, rw)), top, left, out_hw)
-            sd = torch.from_numpy(np.ascontiguousarray(d))[None, None].to(**to)
+        sd = None if depth is None else torch.from_numpy(depth.result())[None, None].to(**to)
         return ModelInputs(
-            image=x[None].contiguous(memory_format=_image_layout()).to(**to),
+            image=x.to(**to),
             K=torch.as_tensor(np.asarray(K, np.float32))[None].to(**to),
             T_cam_grid=torch.as_tensor(np.asarray(T_cam_grid, np.float32))[None].to(**to),
             img_aug=torch.as_tensor(aug.astype(np.float32))[None].to(**to),

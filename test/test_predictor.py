@@ -210,3 +210,39 @@ def test_preprocess_normalizes_like_the_numpy_formula(predictor, frame):
     with fastpath.reference_ops():
         ref = predictor.preprocess(image, K, T, depth).image
     assert ref.is_contiguous() and np.array_equal(ref.numpy(), expect)
+
+
+@pytest.mark.parametrize("hw", [(370, 1226), (376, 1408), (384, 1280), (600, 900), (1080, 1920), (97, 201)])
+def test_network_input_equals_prepare_image(hw):
+    """Per-plane resize (one plane on a helper thread), straight into the batch: bitwise the RGB pipeline, for a
+    KITTI frame, a KITTI-360 frame (top-padded window), no resize, an upscale, a downscale and an odd small size."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scanssc_ros.data.image import network_input, prepare_image
+
+    image = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    expect, aug = prepare_image(image, (384, 1280))
+    with ThreadPoolExecutor(1) as pool:
+        for channels_last in (False, True):
+            for p in (None, pool):
+                got, got_aug = network_input(image, (384, 1280), channels_last=channels_last, pool=p)
+                assert got.shape == (1, 3, 384, 1280) and np.array_equal(got_aug, aug)
+                assert got.is_contiguous(memory_format=torch.channels_last if channels_last else
+                                         torch.contiguous_format)
+                assert torch.equal(got[0], expect)
+
+
+@pytest.mark.parametrize("src,dst", [((370, 1226), (1280, 386)), ((9, 7), (3, 20)), ((50, 60), (60, 50)),
+                                     ((40, 33), (33, 41)), ((40, 33), (47, 40)), ((2, 3), (5, 1))])
+def test_resize_bicubic_in_bands_equals_one_pil_call(src, dst):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from scanssc_ros.data.image import resize_bicubic
+
+    image = np.random.default_rng(sum(src)).integers(0, 256, (*src, 3), dtype=np.uint8)
+    expect = np.asarray(Image.fromarray(image).resize(dst, Image.Resampling.BICUBIC))
+    with ThreadPoolExecutor(1) as pool:
+        assert np.array_equal(resize_bicubic(image, dst, pool), expect)
+    assert np.array_equal(resize_bicubic(image, dst), expect)

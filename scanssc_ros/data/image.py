@@ -5,6 +5,7 @@ same matrix, so a pixel of the network input and the projection ``img_aug @ K`` 
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -50,6 +51,54 @@ def resize_crop_image(img: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) ->
     if (rh, rw) != img.shape[:2]:
         img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((rw, rh), Image.Resampling.BICUBIC))
     return crop_window(img, top, left, out_hw), img_aug
+
+
+def resize_bicubic(img: np.ndarray, size: Tuple[int, int], pool: Optional[Executor] = None) -> np.ndarray:
+    """PIL's bicubic resize of an (H, W, 3) uint8 image to ``size`` (width, height), split between this thread
+    and ``pool`` (PIL releases the GIL while it resamples), bitwise the same: PIL resamples horizontally into an
+    8-bit image and then vertically, the horizontal pass treats each row alone and the vertical pass each
+    column alone, with coefficients that depend only on the two sizes. So the horizontal pass runs on two bands
+    of rows and the vertical one on two bands of columns. KITTI's 1226 x 370 to 1280 x 386: 9.3 ms in one call."""
+    rw, rh = size
+    h, w = img.shape[:2]
+
+    def resample(a: np.ndarray, wh: Tuple[int, int]) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize(wh, Image.Resampling.BICUBIC))
+
+    if pool is None or min(h, w, rh, rw) < 2:
+        return resample(img, (rw, rh)) if (rh, rw) != (h, w) else img
+    if rw != w:
+        bottom = pool.submit(resample, img[h // 2:], (rw, h - h // 2))
+        img = np.concatenate([resample(img[:h // 2], (rw, h // 2)), bottom.result()])
+    if rh != h:
+        out = np.empty((rh, rw, 3), np.uint8)
+        right = pool.submit(resample, img[:, rw // 2:], (rw - rw // 2, rh))
+        out[:, :rw // 2] = resample(img[:, :rw // 2], (rw // 2, rh))
+        out[:, rw // 2:] = right.result()
+        img = out
+    return img
+
+
+def network_input(img: np.ndarray, out_hw: Tuple[int, int] = (384, 1280), channels_last: bool = False,
+                  pool: Optional[Executor] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """``prepare_image`` without jitter as one (1, 3, out_h, out_w) float32 batch (channels-last memory if asked),
+    the same values, built for inference: the resize shared with ``pool`` (``resize_bicubic``), the window taken
+    as a view where it lies inside the resized image, and the normalisation run on rows of interleaved pixels
+    (a per-channel constant broadcast over channels-last memory is an innermost loop of 3)."""
+    img_aug, (rh, rw, top, left) = input_transform(img.shape[0], img.shape[1], out_hw)
+    img = resize_bicubic(img, (rw, rh), pool)
+    oh, ow = out_hw
+    if top >= 0 and left >= 0 and top + oh <= rh and left + ow <= rw:
+        img = img[top:top + oh, left:left + ow]
+    else:
+        img = crop_window(img, top, left, out_hw)
+    x = torch.empty((1, oh, ow, 3), dtype=torch.float32)
+    x[0].copy_(torch.from_numpy(np.ascontiguousarray(img)))
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).repeat(ow)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).repeat(ow)
+    x.view(oh, ow * 3).div_(255.0).sub_(mean).div_(std)  # normalize(to_float_tensor(.)): the same float ops
+    x = x.permute(0, 3, 1, 2)
+    return (x if channels_last else x.contiguous()), img_aug
 
 
 def resize_crop_depth(depth: np.ndarray, out_hw: Tuple[int, int] = (384, 1280)) -> np.ndarray:
