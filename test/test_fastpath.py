@@ -297,6 +297,12 @@ def test_neighborhood_attention_by_offset_matches_reference(heads, H, W, dh, k):
     ref = neighborhood_attention_2d(q, key, v, rpb, k)
     fast = neighborhood_attention_2d_by_offset(q, key, v, rpb, k)
     torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    # as the module passes them: heads split out of (B, H, W, C) maps, k and v from one product
+    kv = torch.stack([key, v]).permute(1, 3, 4, 0, 2, 5).contiguous()  # B, H, W, 2, nH, dh
+    qv = q.permute(0, 2, 3, 1, 4).contiguous().permute(0, 3, 1, 2, 4)
+    kh, vh = (kv[:, :, :, i].permute(0, 3, 1, 2, 4) for i in range(2))
+    fast = neighborhood_attention_2d_by_offset(qv, kh, vh, rpb, k)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------- label decoding

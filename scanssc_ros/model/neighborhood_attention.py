@@ -44,48 +44,49 @@ def neighborhood_attention_2d_by_offset(q: torch.Tensor, k: torch.Tensor, v: tor
 
     The reference gathers every query's k x k keys and values at once (2 x k^2 copies of the key map, 43 MB each
     for the lite depth aggregation) and reduces them with einsums that become batches of tiny matrix products.
-    Here offset (i, j) of every query's window is one row gather and one column gather of the key map (window
-    clamping is per row and per column, so it survives the split), reduced at once by element-wise products
-    that stay in cache; the softmax is over the k^2 logits of each query, as before.
+    Here offset (i, j) of every query's window is one row gather of the key map (window clamping is per row and
+    per column, so it survives the split) and, for the interior columns, a shift of it by j: a view, reduced at
+    once by element-wise products that stay in cache. The kernel // 2 columns at each border, whose windows are
+    clamped to the map's first or last k columns, take all k of them at once per row offset (a few small
+    broadcasts instead of a few per offset). The softmax is over the k^2 logits of each query, as before.
     """
     H, W = q.shape[2:4]
     if H < kernel or W < kernel:
         raise ValueError(f"feature map {H}x{W} smaller than the attention window {kernel}")
-    ky, by = window_indices(H, kernel, q.device)
-    kx, bx = window_indices(W, kernel, q.device)
-    logits = q.new_empty(kernel * kernel, *q.shape[:4])  # offset first: every write below is contiguous
+    B, nH, Dh = q.shape[0], q.shape[1], q.shape[4]
+    r, dev = kernel // 2, q.device
+    ky, by = window_indices(H, kernel, dev)
+    _, bx = window_indices(W, kernel, dev)
+    inner, Wi = slice(r, W - r), W - 2 * r  # interior query columns: key column w - r + j, bias column j + r
+    edge_q = torch.cat([torch.arange(r, device=dev), torch.arange(W - r, W, device=dev)])
+    edge_k = torch.cat([torch.arange(kernel, device=dev), torch.arange(W - kernel, W, device=dev)])
+    q_edge = q.index_select(3, edge_q).view(B, nH, H, 2, r, 1, Dh)  # (.., border side, query column, 1, Dh)
+    logits = q.new_empty(kernel * kernel, B, nH, H, Wi)  # offset first: every write below is contiguous
+    edge_logits = q.new_empty(B, nH, H, 2, r, kernel, kernel)
     for i in range(kernel):
         k_rows = k.index_select(2, ky[:, i])
-        bias_rows = rpb.index_select(1, by[:, i])  # nH, H, 2k-1
+        bias_rows = rpb[:, by[:, i], None]  # nH, H, 1, 2k-1
         for j in range(kernel):
             t = logits[i * kernel + j]
-            for cols, keys in _column_runs(W, kernel, j):
-                torch.sum(q[..., cols, :] * keys(k_rows), dim=-1, out=t[..., cols])
-            t += bias_rows.index_select(2, bx[:, j])
-    attn = logits.softmax(0)
-    out = torch.zeros_like(q)
+            torch.sum(q[..., inner, :] * k_rows[..., j:j + Wi, :], dim=-1, out=t)
+            t += bias_rows[..., j + r]
+        k_edge = k_rows.index_select(3, edge_k).view(B, nH, H, 2, 1, kernel, Dh)
+        edge_logits[..., i, :] = (q_edge * k_edge).sum(-1)
+    edge_logits += rpb[:, by[:, None, :, None], bx[edge_q][None, :, None, :]].view(nH, H, 2, r, kernel, kernel)
+    attn = logits.softmax(0).unsqueeze(-1)  # broadcast over Dh
+    edge_attn = edge_logits.flatten(-2).softmax(-1).view_as(edge_logits).unsqueeze(-1)
+    out = torch.empty_like(q)
+    out_inner = out[..., inner, :].zero_()
+    out_edge = q.new_zeros(B, nH, H, 2, r, Dh)
     for i in range(kernel):
         v_rows = v.index_select(2, ky[:, i])
         for j in range(kernel):
-            a = attn[i * kernel + j, ..., None]
-            for cols, keys in _column_runs(W, kernel, j):
-                out[..., cols, :].addcmul_(a[..., cols, :], keys(v_rows))
+            out_inner.addcmul_(attn[i * kernel + j], v_rows[..., j:j + Wi, :])
+        v_edge = v_rows.index_select(3, edge_k).view(B, nH, H, 2, 1, kernel, Dh)
+        out_edge += (edge_attn[..., i, :, :] * v_edge).sum(-2)
+    out[..., :r, :] = out_edge[:, :, :, 0]
+    out[..., W - r:, :] = out_edge[:, :, :, 1]
     return out
-
-
-def _column_runs(W: int, kernel: int, j: int):
-    """Offset ``j`` of every query column's clamped window as views instead of a gather: interior columns w read
-    key column w - kernel//2 + j (a shifted slice); the kernel//2 columns at each border share one key column
-    (a broadcast). Yields (query column slice, function: key map (..., W, D) -> its view for those columns)."""
-    r = kernel // 2
-
-    def edge(col: int, n: int):
-        return lambda m: m[..., col:col + 1, :].expand(*m.shape[:-2], n, m.shape[-1])
-
-    yield slice(r, W - r), lambda m: m[..., j:j + W - 2 * r, :]
-    if r:
-        yield slice(0, r), edge(j, r)
-        yield slice(W - r, W), edge(W - kernel + j, r)
 
 
 class NeighborhoodCrossAttention2D(nn.Module):
