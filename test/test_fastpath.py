@@ -618,3 +618,29 @@ def test_group_norm_module_keeps_aten_off_cuda_and_in_training():
     assert torch.equal(gn(x), ref(x))  # CPU: aten's kernel, bit for bit
     gn(x).square().sum().backward()
     assert gn.weight.grad is not None and x.grad is not None
+
+
+# ----------------------------------------------------------------------------------------- voxel proposal
+def test_voxel_proposal_planar_equals_reference():
+    """Bitwise: the same float32 operations per coordinate plane. Depths spread over the grid's range and past
+    it, invalid pixels, two batch items with different cameras, and points placed on voxel faces and on the
+    margin of the grid's bounds."""
+    from scanssc_ros.geometry import GridSpec
+    from scanssc_ros.model.proposal import voxel_proposal
+
+    torch.manual_seed(11)
+    grid = GridSpec((0.0, -25.6, -2.0), 0.8, (64, 64, 8))
+    H, W = 48, 160
+    K = torch.tensor(KITTI_K, dtype=torch.float32)[None].repeat(2, 1, 1)
+    K[1, 0, 0] *= 1.1
+    T = torch.tensor(KITTI_T_CAM_GRID, dtype=torch.float32)[None].repeat(2, 1, 1)
+    A = torch.tensor([[0.25, 0, 0], [0, 0.25, 0], [0, 0, 1]], dtype=torch.float32)[None].repeat(2, 1, 1)
+    depth = torch.rand(2, 1, H, W) * 70
+    depth[0, 0, :3] = float("nan")
+    depth[1, 0, :2] = -1.0
+    depth[1, 0, 5, :] = torch.arange(W) * 0.8  # whole voxel sizes: points on faces
+    with torch.inference_mode():
+        fast = voxel_proposal(depth, K, T, A, grid)
+        with fastpath.reference_ops():
+            ref = voxel_proposal(depth, K, T, A, grid)
+    assert 100 < int(ref.sum()) < ref.numel() and torch.equal(fast, ref)
