@@ -184,6 +184,32 @@ def test_strided_block_writes_its_expansion_into_the_padded_map(monkeypatch, k, 
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cin,cout,stride,batch", [(16, 16, 1, 1), (8, 24, 2, 1), (16, 16, 1, 2)])
+def test_block_folds_the_squeeze_excitation_gate_into_its_projection(cin, cout, stride, batch):
+    """Batch 1: the SE gate scales the projection's weight (no multiply over the expanded map); batch 2 keeps
+    the multiply. Either way the reference's values, with and without the residual."""
+    from scanssc_ros.model.efficientnet import InvertedResidual
+
+    torch.manual_seed(3)
+    block = InvertedResidual(cin, cout, 3, stride, 6, 0.0).eval()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 3)
+                m.weight.uniform_(0.5, 2)
+    x = torch.randn(batch, cin, 14, 19).contiguous(memory_format=torch.channels_last)
+    multiplies = []
+    block.se.register_forward_hook(lambda *a: multiplies.append(1))
+    with torch.inference_mode():
+        fast = block(x)
+        assert len(multiplies) == (batch > 1)
+        with fastpath.reference_ops():
+            ref = block(x)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 300, 4, 2, 4), (2, 50, 8, 5), (2, 50, 8, 8), (7, 17), (3, 40)])
 def test_softmax_last_matches_reference(shape):
     torch.manual_seed(0)
