@@ -670,3 +670,44 @@ def test_voxel_proposal_planar_equals_reference():
         with fastpath.reference_ops():
             ref = voxel_proposal(depth, K, T, A, grid)
     assert 100 < int(ref.sum()) < ref.numel() and torch.equal(fast, ref)
+
+
+# ----------------------------------------------------------------------------------------- deformable conv
+@pytest.mark.parametrize("B,C,Cout,groups,stride", [(1, 32, 32, 4, 1), (2, 8, 12, 4, 1), (1, 16, 16, 1, 2)])
+def test_deform_conv_row_gather_matches_grid_sample(monkeypatch, B, C, Cout, groups, stride):
+    """Offsets of a few pixels, some far outside the map (zeros there, as grid_sample's padding), a NaN one
+    (NaN out, as grid_sample)."""
+    from scanssc_ros.model import deform_conv
+
+    torch.manual_seed(12)
+    x = torch.randn(B, C, 11, 17)
+    w = torch.randn(Cout, C // groups, 3, 3)
+    Ho, Wo = (11 - 1) // stride + 1, (17 - 1) // stride + 1
+    off = torch.randn(B, 18, Ho, Wo) * 2.5
+    off[:, :, 0, :3] = 40.0
+    off[0, 4, 2, 5] = float("nan")
+    samples = []
+    real = F.grid_sample
+    monkeypatch.setattr(deform_conv.F, "grid_sample", lambda *a, **k: samples.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        fast = deform_conv.deform_conv2d(x, off, w, stride=stride, padding=1, groups=groups)
+        assert not samples
+        with fastpath.reference_ops():
+            ref = deform_conv.deform_conv2d(x, off, w, stride=stride, padding=1, groups=groups)
+        assert samples == [1]
+    assert fast.shape == ref.shape == (B, Cout, Ho, Wo)
+    nan = torch.isnan(ref)
+    assert nan.any() and torch.equal(torch.isnan(fast), nan)
+    torch.testing.assert_close(fast[~nan], ref[~nan], rtol=1e-4, atol=1e-4)
+
+
+def test_deform_conv_wide_maps_keep_grid_sample(monkeypatch):
+    from scanssc_ros.model import deform_conv
+
+    x, w, off = torch.randn(1, 72, 5, 6), torch.randn(72, 18, 3, 3), torch.randn(1, 18, 5, 6)
+    samples = []
+    real = F.grid_sample
+    monkeypatch.setattr(deform_conv.F, "grid_sample", lambda *a, **k: samples.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        deform_conv.deform_conv2d(x, off, w, padding=1, groups=4)
+    assert samples == [1]
