@@ -16,10 +16,6 @@ from torch import nn
 
 from . import fastpath, msda
 
-# the row gather beat grid_sample for the lite model's 32 channels (DCN 10.3 -> 8.1 ms) and lost for the paper's
-# 112 (34.8 -> 42.7 ms), whose samples' rows no longer fit a few cache lines
-_ROW_GATHER_MAX_CHANNELS = 64
-
 
 def _pair(v) -> Tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
@@ -48,7 +44,7 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, s
     off = offset.to(dt).view(B, deform_groups, K, 2, Ho, Wo).permute(0, 1, 4, 5, 2, 3)  # B,dg,Ho,Wo,K,2
     py = base_y + off[..., 0]
     px = base_x + off[..., 1]
-    if deform_groups == 1 and C <= _ROW_GATHER_MAX_CHANNELS and fastpath.cpu_fp32_inference(x, offset, weight):
+    if deform_groups == 1 and fastpath.cpu_fp32_inference(x, offset, weight):
         out = _deform_conv2d_rows(x, py[:, 0], px[:, 0], weight, groups)
         if out is not None:
             return out
