@@ -699,3 +699,29 @@ def test_deform_conv_row_gather_matches_grid_sample(monkeypatch, B, C, Cout, gro
     nan = torch.isnan(ref)
     assert nan.any() and torch.equal(torch.isnan(fast), nan)
     torch.testing.assert_close(fast[~nan], ref[~nan], rtol=1e-4, atol=1e-4)
+
+
+def test_depth_net_folds_its_batch_norms_and_matches_reference():
+    from scanssc_ros.model.depth_net import DepthNet
+
+    torch.manual_seed(13)
+    net = DepthNet(16, 32, 8, 12, 16, cam_channels=33, dcn_groups=4).eval()
+    bns = [m for m in net.modules() if type(m) is nn.BatchNorm2d]
+    for m in bns:
+        with torch.no_grad():
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+    calls = []
+    for m in bns:
+        m.register_forward_hook(lambda *a: calls.append(1))
+    x, cam = torch.randn(1, 16, 12, 20), torch.randn(1, 33)
+    with torch.inference_mode():
+        depth, context = net(x, cam)
+        assert not calls
+        with fastpath.reference_ops():
+            ref_depth, ref_context = net(x, cam)
+        assert len(calls) == len(bns) == 12
+    torch.testing.assert_close(depth, ref_depth, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(context, ref_context, rtol=1e-5, atol=1e-5)

@@ -13,8 +13,9 @@ from torch import nn
 
 from scanssc_ros.geometry import full_precision
 
+from . import fastpath
 from .deform_conv import DeformConv2dPack
-from .layers import SafeBatchNorm1d, SafeBatchNorm2d
+from .layers import SafeBatchNorm1d, SafeBatchNorm2d, fold_batch_norm
 
 
 @full_precision
@@ -71,6 +72,15 @@ class SEGate(nn.Module):
         return x * torch.sigmoid(self.conv_expand(F.relu(self.conv_reduce(x_se))))
 
 
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; for CPU float32 inference with an eval-mode BatchNorm, one convolution with the
+    normalisation folded into its weight and bias (one pass fewer over each map)."""
+    if bn.training or bn.running_mean is None or not fastpath.cpu_fp32_inference(x, conv.weight):
+        return bn(conv(x))
+    w, b = fold_batch_norm(conv.weight, conv.bias, bn)
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, downsample: Optional[nn.Module] = None) -> None:
         super().__init__()
@@ -82,8 +92,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.downsample(x) if self.downsample is not None else x
-        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        return F.relu(self.bn2(self.conv2(y)) + identity, inplace=True)
+        y = F.relu(conv_bn(self.conv1, self.bn1, x), inplace=True)
+        return F.relu(conv_bn(self.conv2, self.bn2, y) + identity, inplace=True)
 
 
 class _ASPPModule(nn.Module):
@@ -94,7 +104,7 @@ class _ASPPModule(nn.Module):
         nn.init.kaiming_normal_(self.atrous_conv.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.atrous_conv(x)))
+        return F.relu(conv_bn(self.atrous_conv, self.bn, x), inplace=True)
 
 
 class ASPP(nn.Module):
@@ -115,7 +125,7 @@ class ASPP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.global_avg_pool(x).expand(-1, -1, x.shape[2], x.shape[3])
         y = torch.cat([self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x), pooled], dim=1)
-        return self.dropout(F.relu(self.bn1(self.conv1(y))))
+        return self.dropout(F.relu(conv_bn(self.conv1, self.bn1, y), inplace=True))
 
 
 class DepthNet(nn.Module):
@@ -144,7 +154,8 @@ class DepthNet(nn.Module):
 
     def forward(self, x: torch.Tensor, cam: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         cam = self.bn(cam)
-        x = self.reduce_conv(x)
+        conv, bn, relu = self.reduce_conv
+        x = relu(conv_bn(conv, bn, x))
         context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
         depth = self.depth_conv(self.depth_se(x, self.depth_mlp(cam)[..., None, None]))
         return depth, context
