@@ -36,9 +36,10 @@ def dfa3d_sample(value: torch.Tensor, depth: torch.Tensor, shape_hw: Tuple[int, 
     with torch.autocast(device_type=value.device.type, enabled=False):
         table = value.to(ct).permute(0, 2, 1, 3).reshape(B * nH * S, Dh)  # row = (b*nH + head)*S + pix
         dflat = depth.to(ct).reshape(B * S * D)
-        head_base = (torch.arange(B, device=value.device)[:, None] * nH
-                     + torch.arange(nH, device=value.device)[None, :]) * S  # B,nH
-        pix_base = (torch.arange(B, device=value.device) * S)[:, None, None, None]  # B,1,1,1
+        itype = torch.int32 if max(B * nH * S, B * S * D) < 2 ** 31 else torch.int64
+        head_base = (torch.arange(B, device=value.device, dtype=itype)[:, None] * nH
+                     + torch.arange(nH, device=value.device, dtype=itype)[None, :]) * S  # B,nH
+        pix_base = (torch.arange(B, device=value.device, dtype=itype) * S)[:, None, None, None]  # B,1,1,1
         chunk = max(1, max_entries // max(1, nH * P * 4))
         outs = []
         for q0 in range(0, Q, chunk):
@@ -49,22 +50,22 @@ def dfa3d_sample(value: torch.Tensor, depth: torch.Tensor, shape_hw: Tuple[int, 
             dd = loc[..., 2] * D - 0.5
             x0, y0, d0 = x.floor(), y.floor(), dd.floor()
             fx, fy, fd = x - x0, y - y0, dd - d0
-            x0, y0, d0 = x0.long(), y0.long(), d0.long()
-            idx_list, wt_list = [], []
-            for cy, wy in ((y0, 1 - fy), (y0 + 1, fy)):
-                for cx, wx in ((x0, 1 - fx), (x0 + 1, fx)):
-                    inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-                    pix = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1))  # B,q,nH,P
-                    score = torch.zeros_like(fd)
-                    for di, wd in ((d0, 1 - fd), (d0 + 1, fd)):
-                        ok = (di >= 0) & (di < D)
-                        flat = (pix_base + pix) * D + di.clamp(0, D - 1)
-                        score = score + torch.where(ok, dflat[flat] * wd, torch.zeros_like(wd))
-                    wt = torch.where(inside, wx * wy * score, torch.zeros_like(score))
-                    idx_list.append(head_base[:, None, :, None] + pix)
-                    wt_list.append(wt)
-            idx = torch.stack(idx_list, -1)  # B,q,nH,P,4
-            wt = torch.stack(wt_list, -1) * weights[:, q0:q1].to(ct)[..., None]
+            # the two neighbours along each axis stacked in front (a leading axis of 2): every step below is one
+            # operation for all 4 corners x 2 depth bins, broadcast over outer axes (a loop over corners and bins
+            # took ~100 small operations per chunk). Row numbers in int32 (aten's int64 arithmetic is not
+            # vectorised); out-of-range corners and bins get weight 0 by a 0/1 factor, the same values as
+            # selecting 0 for them because the depth scores they multiply are finite and non-negative.
+            cx, cy, cd = (torch.stack([c0, c0 + 1]) for c0 in (x0, y0, d0))
+            wx, wy, wd = (torch.stack([1 - f, f]) for f in (fx, fy, fd))
+            wd = wd * ((cd >= 0) & (cd < D))
+            wxy = wy[:, None] * wx[None, :] * (((cy >= 0) & (cy < h))[:, None] & ((cx >= 0) & (cx < w))[None, :])
+            pix = cy.clamp(0, h - 1).to(itype)[:, None] * w + cx.clamp(0, w - 1).to(itype)[None, :]  # (2 y, 2 x, ..)
+            flat = (pix_base + pix)[None] * D + cd.clamp(0, D - 1).to(itype)[:, None, None]  # (2 d, 2 y, 2 x, ..)
+            scores = dflat.index_select(0, flat.reshape(-1)).view(flat.shape)  # int32 rows need no conversion
+            wt = wxy * (scores * wd[:, None, None]).sum(0)
+            # corners last, y-major as the embedding_bag rows of each (query, head) expect them
+            idx = (head_base[:, None, :, None] + pix).flatten(0, 1).movedim(0, -1)  # B,q,nH,P,4
+            wt = wt.flatten(0, 1).movedim(0, -1) * weights[:, q0:q1].to(ct)[..., None]
             n = B * (q1 - q0) * nH
             out = F.embedding_bag(idx.reshape(n, P * 4), table, per_sample_weights=wt.reshape(n, P * 4),
                                   mode="sum")

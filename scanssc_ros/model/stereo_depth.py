@@ -161,7 +161,7 @@ class DepthAggregation(nn.Module):
     def forward(self, stereo: torch.Tensor, mono: torch.Tensor) -> torch.Tensor:
         ms = self.mono_stereo_attention(mono, stereo)
         sm = self.stereo_mono_attention(stereo, mono)
-        x = F.relu(self.stem(torch.stack([ms, sm], dim=1)))
+        x = F.relu(self.stem(torch.stack([ms, sm], dim=1)), inplace=True)
         x = self.channel_attention(self.UNet_3D(x))
         return self.out_conv(x).squeeze(1)
 
