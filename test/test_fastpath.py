@@ -725,3 +725,28 @@ def test_depth_net_folds_its_batch_norms_and_matches_reference():
         assert len(calls) == len(bns) == 12
     torch.testing.assert_close(depth, ref_depth, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(context, ref_context, rtol=1e-5, atol=1e-5)
+
+
+def test_depth_aggregation_runs_channels_last_from_its_stem_and_matches_reference():
+    from scanssc_ros.model.stereo_depth import DepthAggregation
+
+    torch.manual_seed(14)
+    agg = DepthAggregation(12, 8, 5).eval()
+    for m in agg.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+    with torch.no_grad():
+        agg.mono_stereo_attention.gamma.fill_(0.7)
+        agg.stereo_mono_attention.gamma.fill_(-0.4)
+        agg.channel_attention.layer_scale.fill_(0.5)
+    stereo, mono = torch.randn(1, 12, 8, 16).softmax(1), torch.randn(1, 12, 8, 16).softmax(1)
+    layouts = []
+    agg.stem.register_forward_pre_hook(lambda m, a: layouts.append(fastpath.is_channels_last_volume(a[0])))
+    with torch.inference_mode():
+        fast = agg(stereo, mono)
+        with fastpath.reference_ops():
+            ref = agg(stereo, mono)
+    assert layouts == [True, False]
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)

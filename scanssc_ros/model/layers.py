@@ -291,9 +291,10 @@ def _pointwise_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     N, C, D, H, W = x.shape
     Co = weight.shape[0]
     if fastpath.is_channels_last_volume(x):
-        # channels-last (the Winograd convolutions' output): (voxels x Cin) @ (Cin x Cout), still channels-last,
-        # instead of a transposed copy of the volume
-        return pointwise_parts([x], weight, bias)
+        # channels-last: oneDNN reads that layout as it is and returns it; for narrow outputs its 1x1x1 kernel
+        # beat the (voxels x Cin) @ (Cin x Cout) product 3-5x (8 -> 8 channels over 56 x 48 x 160: 0.9 against
+        # 4.6 ms) and matched it from 32 channels on
+        return torch.mkldnn_convolution(x, weight, bias, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
     w = weight.view(1, Co, C).expand(N, -1, -1)
     flat = x.reshape(N, C, D * H * W)
     out = torch.bmm(w, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1).expand(N, -1, D * H * W), w, flat)

@@ -161,7 +161,13 @@ class DepthAggregation(nn.Module):
     def forward(self, stereo: torch.Tensor, mono: torch.Tensor) -> torch.Tensor:
         ms = self.mono_stereo_attention(mono, stereo)
         sm = self.stereo_mono_attention(stereo, mono)
-        x = F.relu(self.stem(torch.stack([ms, sm], dim=1)), inplace=True)
+        if fastpath.cpu_fp32_inference(ms, sm, self.stem.weight):
+            # the two maps interleaved, a channels-last volume: oneDNN's stem takes 3.5 instead of 5.8 ms on it,
+            # and the U-Net after it runs channels-last throughout (no layout copy for its skip sums)
+            x = torch.stack([ms, sm], dim=-1).permute(0, 4, 1, 2, 3)
+        else:
+            x = torch.stack([ms, sm], dim=1)
+        x = F.relu(self.stem(x), inplace=True)
         x = self.channel_attention(self.UNet_3D(x))
         return self.out_conv(x).squeeze(1)
 
