@@ -127,6 +127,7 @@ def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypa
                                                                          rows_of):
     monkeypatch.setattr(layers, "_GN_CHUNK_FLOATS", 7 * 64)  # several chunks, the last one short
     monkeypatch.setattr(layers, "_GN_MAX_CHUNKS", 1000)
+    monkeypatch.setattr(layers, "_GN_ATEN_MAX_GROUP_FLOATS", 0)  # the moments path even for these small groups
     x = _channels_last(*shape, seed=3) * scale + shift
     assert layers._wide_rows(x)[1] == rows_of
     C = shape[1]
@@ -142,6 +143,20 @@ def test_group_norm_channels_last_is_as_accurate_as_aten_channels_first(monkeypa
     ref_none = F.group_norm(x.double(), 4)
     aten_none_err = (F.group_norm(x.contiguous(), 4).double() - ref_none).abs().max()
     assert (none.double() - ref_none).abs().max() <= 2 * aten_none_err + 1e-6
+
+
+def test_group_norm_channels_last_leaves_small_groups_to_aten(monkeypatch):
+    x = _channels_last(1, 16, 8, 8, 4, seed=5)  # 512 values per group of 2 channels
+    w, b = torch.randn(16), torch.randn(16)
+    moments = []
+    real = layers.channel_moments
+    monkeypatch.setattr(layers, "channel_moments", lambda *a: moments.append(1) or real(*a))
+    out = layers.group_norm_channels_last(x.clone(), 8, w, b, 1e-5, inplace=True)
+    assert not moments and out.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out, F.group_norm(x.contiguous(), 8, w, b), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(layers, "_GN_ATEN_MAX_GROUP_FLOATS", 511)
+    layers.group_norm_channels_last(x, 8, w, b, 1e-5)
+    assert moments == [1]
 
 
 def test_group_norm_module_takes_channels_last_path_only_for_cpu_inference(monkeypatch):
