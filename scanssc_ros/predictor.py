@@ -13,6 +13,7 @@ evaluation scores every voxel, including those out of view; the ROS node turns i
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,17 @@ def _worker() -> ThreadPoolExecutor:
         if _WORKER is None:
             _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanssc-preprocess")
         return _WORKER
+
+
+def _forget_worker() -> None:
+    # a forked child has no copy of the helper thread, and an executor that still lists it would queue work
+    # nobody runs: the child makes its own on first use
+    global _WORKER, _WORKER_LOCK
+    _WORKER, _WORKER_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker)
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:

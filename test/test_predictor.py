@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -246,3 +247,22 @@ def test_resize_bicubic_in_bands_equals_one_pil_call(src, dst):
     with ThreadPoolExecutor(1) as pool:
         assert np.array_equal(resize_bicubic(image, dst, pool), expect)
     assert np.array_equal(resize_bicubic(image, dst), expect)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_preprocess_in_a_forked_child_after_the_parent_used_its_helper_thread(predictor, frame):
+    """The parent's helper thread does not exist in a forked child; the child must make its own, not queue work
+    for the missing one and wait forever."""
+    import multiprocessing
+
+    image, K, T, depth = frame
+    expect = predictor.preprocess(image, K, T, depth).image  # the parent's helper thread now exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_child_preprocess, (predictor, image, K, T, depth)).get(timeout=60)
+    assert torch.equal(got, expect)
+
+
+def _child_preprocess(predictor, image, K, T, depth):
+    torch.set_num_threads(1)  # GNU OpenMP's thread pool does not survive fork either: any parallel op would hang
+    return predictor.preprocess(image, K, T, depth).image
