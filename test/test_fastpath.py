@@ -750,3 +750,26 @@ def test_depth_aggregation_runs_channels_last_from_its_stem_and_matches_referenc
             ref = agg(stereo, mono)
     assert layouts == [True, False]
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_points_are_kept_for_the_last_camera_only_without_autograd():
+    from scanssc_ros.model.encoder import VoxFormerHead, reference_points
+
+    cfg = variant("lite")
+    head = VoxFormerHead(cfg).eval()
+    K = torch.tensor(KITTI_K, dtype=torch.float32)[None]
+    T = torch.tensor(KITTI_T_CAM_GRID, dtype=torch.float32)[None]
+    A = torch.tensor([[0.9, 0, 3.0], [0, 0.9, -2.0], [0, 0, 1]], dtype=torch.float32)[None]
+    with torch.inference_mode():
+        first = head._reference_points(K, T, A)
+        assert head._reference_points(K.clone(), T.clone(), A.clone()) is first  # same camera by value
+        K2 = K.clone()
+        K2[0, 0, 0] += 1e-3
+        moved = head._reference_points(K2, T, A)
+        assert moved is not first
+        for got, want in zip(moved, reference_points(cfg, K2, T, A)):
+            assert torch.equal(got, want)
+    with torch.no_grad():
+        assert head._reference_points(K2, T, A) is moved
+    fresh = head._reference_points(K2, T, A)  # autograd on: computed anew, nothing kept from it
+    assert fresh is not moved and torch.equal(fresh[0], moved[0])

@@ -270,6 +270,22 @@ class VoxFormerHead(nn.Module):
                                       indexing="ij")
         self.register_buffer("ref_2d", torch.stack([ref_x, ref_y], -1).view(-1, 2), persistent=False)
 
+    def _reference_points(self, K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``reference_points``, kept for the last camera on the CPU without autograd: a stream's camera does not
+        change, and projecting every voxel centre took 1.8 ms a frame for the lite grid, 12 ms for the paper's.
+        The camera is compared by value (three small tensors), so any change recomputes."""
+        camera = (K, T_cam_grid, img_aug)
+        if self.training or torch.is_grad_enabled() or any(t.device.type != "cpu" for t in camera):
+            return reference_points(self.cfg, *camera)
+        cached = self.__dict__.get("_reference_cache")
+        if cached is not None and all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+                                      for a, b in zip(cached[0], camera)):
+            return cached[1]
+        out = reference_points(self.cfg, *camera)
+        self.__dict__["_reference_cache"] = (tuple(t.clone() for t in camera), out)
+        return out
+
     def forward(self, context: torch.Tensor, depth: torch.Tensor, lss_volume: torch.Tensor, proposal: torch.Tensor,
                 K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tensor,
                 timings: Optional[Dict[str, float]] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -282,7 +298,7 @@ class VoxFormerHead(nn.Module):
         with stage(timings, "cross_attn", dev):
             lss_flat = lss_volume.flatten(2).transpose(1, 2).to(context.dtype)  # B,N,C
             queries = self.volume_embed.weight[None].to(lss_flat.dtype) + lss_flat
-            ref, in_view = reference_points(cfg, K, T_cam_grid, img_aug)
+            ref, in_view = self._reference_points(K, T_cam_grid, img_aug)
             prop = proposal.reshape(B, -1)
             counts = prop.sum(dim=1)
             max_len = int(counts.max())
