@@ -156,6 +156,15 @@ def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(cin, cout, k, st
     assert calls == [1]
 
 
+def _random_batch_norm_statistics(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.2, 3)
+                m.weight.uniform_(0.5, 2)
+
+
 @pytest.mark.parametrize("k,hw", [(3, (12, 17)), (5, (13, 16))])
 def test_strided_block_writes_its_expansion_into_the_padded_map(monkeypatch, k, hw):
     """A stride-2 MBConv's expansion (BN folded, SiLU) lands directly in the zero-bordered map its depthwise
@@ -165,12 +174,7 @@ def test_strided_block_writes_its_expansion_into_the_padded_map(monkeypatch, k, 
 
     torch.manual_seed(2)
     block = InvertedResidual(8, 16, k, 2, 6, 0.0).eval()
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.2, 3)
-                m.weight.uniform_(0.5, 2)
+    _random_batch_norm_statistics(block)
     x = torch.randn(1, 8, *hw).contiguous(memory_format=torch.channels_last)  # as EfficientNet.forward runs it
     pads = []
     real = efficientnet.pad_zeros
@@ -192,12 +196,7 @@ def test_block_folds_the_squeeze_excitation_gate_into_its_projection(cin, cout, 
 
     torch.manual_seed(3)
     block = InvertedResidual(cin, cout, 3, stride, 6, 0.0).eval()
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.2, 3)
-                m.weight.uniform_(0.5, 2)
+    _random_batch_norm_statistics(block)
     x = torch.randn(batch, cin, 14, 19).contiguous(memory_format=torch.channels_last)
     multiplies = []
     block.se.register_forward_hook(lambda *a: multiplies.append(1))

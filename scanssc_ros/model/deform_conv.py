@@ -66,7 +66,7 @@ def _deform_conv2d_rows(x: torch.Tensor, py: torch.Tensor, px: torch.Tensor, wei
     (zeros between groups), which reads the samples where they lie. py, px (B, Ho, Wo, K) sampling rows and
     columns; returns (B, Cout, Ho, Wo), or None where the map has too many rows for the gather."""
     B, C, H, W = x.shape
-    Cout, Cg, kh, kw = weight.shape
+    Cout, Cg = weight.shape[:2]
     _, Ho, Wo, K = py.shape
     table = msda.gather_table(x.permute(0, 2, 3, 1).reshape(B, H * W, 1, C), [(H, W)])
     if table is None:

@@ -97,7 +97,7 @@ class SplatPlan:
         B, C, h, w = context.shape
         D = depth.shape[1]
         key = (B, C, D, h, w, tuple(input_size), tuple(dbound), grid, str(context.device),
-               *(t.detach().float().cpu().numpy().tobytes() for t in (K, T_cam_grid, img_aug)))
+               *camera_key(K, T_cam_grid, img_aug))
         plan = self._plans.get(key)
         if plan is None:
             pts = frustum_points(K, T_cam_grid, img_aug, input_size, (h, w), dbound, D)
@@ -116,6 +116,12 @@ class SplatPlan:
             out = M @ ctx
         X, Y, Z = grid.dims
         return out.view(B, X, Y, Z, C).permute(0, 4, 1, 2, 3)
+
+
+def camera_key(*camera: torch.Tensor) -> tuple:
+    """A hashable key of camera tensors (intrinsics, pose, image augmentation) by shape and value, for the caches
+    kept per camera (the splat plans, the cross-attention's reference points)."""
+    return tuple((tuple(t.shape), t.detach().float().cpu().numpy().tobytes()) for t in camera)
 
 
 def _csr_plan(points: torch.Tensor, grid: GridSpec) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
