@@ -14,7 +14,8 @@ from scanssc_ros.model.layers import Conv3d
     (2, 8, 6, (6, 7, 3)),
     (1, 16, 16, (10, 8, 4)),
 ])
-@pytest.mark.parametrize("chunk", [1 << 22, 64 * 16 * 4])  # one chunk; one tile plane per chunk
+# one chunk; one tile plane per chunk (two rows of tiles for 16 channels); one row of tiles per chunk
+@pytest.mark.parametrize("chunk", [1 << 22, 64 * 16 * 4, 1])
 def test_winograd_matches_float64_conv3d(monkeypatch, n, cin, cout, shape, chunk):
     monkeypatch.setattr(winograd, "_CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(0)

@@ -71,48 +71,59 @@ def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] 
     if u.shape != (64, Co, C):
         raise ValueError(f"transformed weight {tuple(u.shape)} does not fit {C} input channels")
     Td, Th, Tw = (D + 1) // 2, (H + 1) // 2, (W + 1) // 2
-    R, Wp = 2 * Th + 2, 2 * Tw + 2  # padded rows and columns of a chunk
+    Wp = 2 * Tw + 2  # padded columns of a chunk
     out = x.new_empty(N, 2 * Td, 2 * Th, 2 * Tw, Co)
-    step = max(1, _CHUNK_ELEMENTS // (64 * C * Th * Tw))
-    t = min(step, Td)
-    # a chunk's input planes with a zero border: one plane before every axis, and after it one more where the
-    # size is odd (the extra outputs are cut). Borders are written once; a padded copy of the whole input would
-    # be fresh memory, faulted in page by page on every call.
-    src_buf = x.new_zeros(2 * t + 2, R, Wp, C)
-    v1_flat = x.new_empty(4 * t * R * Wp * C)
-    v2_flat = x.new_empty(16 * t * Th * Wp * C)
-    v3_flat = x.new_empty(64 * t * Th * Tw * C)
-    m_flat = x.new_empty(64 * t * Th * Tw * Co)
-    z_flat = x.new_empty(32 * t * Th * Tw * Co)
-    y_flat = x.new_empty(16 * t * Th * Tw * Co)
+    # a chunk is td tile planes, or, where one plane is over the budget (the paper's 128x128 planes: 134 MB),
+    # tr tile rows of one plane
+    plane = 64 * C * Th * Tw
+    td_step = max(1, _CHUNK_ELEMENTS // plane)
+    tr_step = Th if plane <= _CHUNK_ELEMENTS else max(1, _CHUNK_ELEMENTS // (64 * C * Tw))
+    td_max, tr_max = min(td_step, Td), min(tr_step, Th)
+    # a chunk's input with a zero border: one plane and row before, and after them one more where the size is odd
+    # (the extra outputs are cut). Column borders are written once; a padded copy of the whole input would be
+    # fresh memory, faulted in page by page on every call.
+    src_buf = x.new_zeros(2 * td_max + 2, 2 * tr_max + 2, Wp, C)
+    v1_flat = x.new_empty(4 * td_max * (2 * tr_max + 2) * Wp * C)
+    v2_flat = x.new_empty(16 * td_max * tr_max * Wp * C)
+    v3_flat = x.new_empty(64 * td_max * tr_max * Tw * C)
+    m_flat = x.new_empty(64 * td_max * tr_max * Tw * Co)
+    z_flat = x.new_empty(32 * td_max * tr_max * Tw * Co)
+    y_flat = x.new_empty(16 * td_max * tr_max * Tw * Co)
     ut = u.transpose(1, 2)  # (64, Cin, Cout): tiles x Cin times Cin x Cout
     planes = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, Cin), a view
     for n in range(N):
         blocks = out[n].view(Td, 2, Th, 2, Tw, 2, Co)
-        for t0 in range(0, Td, step):
-            td = min(step, Td - t0)
-            src = src_buf[:2 * td + 2]  # padded planes 2 t0 .. 2 (t0 + td) + 1 = input planes from 2 t0 - 1
+        for t0 in range(0, Td, td_step):
+            td = min(td_step, Td - t0)
+            # padded planes 2 t0 .. 2 (t0 + td) + 1 = input planes from 2 t0 - 1
             first, end = max(2 * t0 - 1, 0), min(2 * (t0 + td) + 1, D)
             a, b = first - (2 * t0 - 1), end - (2 * t0 - 1)
-            src[a:b, 1:H + 1, 1:W + 1] = planes[n, first:end]
-            src[:a].zero_()
-            src[b:].zero_()
-            v1 = _buffer(v1_flat, (4, td, R, Wp, C))
-            _data_axis(src, 0, td, v1)
-            v2 = _buffer(v2_flat, (4, 4, td, Th, Wp, C))
-            _data_axis(v1, 2, Th, v2.transpose(0, 1))
-            v3 = _buffer(v3_flat, (4, 4, 4, td, Th, Tw, C))
-            _data_axis(v2, 4, Tw, v3.permute(2, 0, 1, 3, 4, 5, 6))
-            m = _buffer(m_flat, (64, td * Th * Tw, Co))
-            torch.bmm(v3.view(64, -1, C), ut, out=m)
-            m = m.view(4, 4, 4, td, Th, Tw, Co)
-            z = _buffer(z_flat, (4, 4, 2, td, Th, Tw, Co))
-            _output_axis(m, 2, z[:, :, 0], z[:, :, 1])
-            y = _buffer(y_flat, (4, 2, 2, td, Th, Tw, Co))
-            _output_axis(z, 1, y[:, 0], y[:, 1])
-            dst = blocks[t0:t0 + td]  # td, 2, Th, 2, Tw, 2, Co
-            # y[a, b, c] is the output at offset (a, b, c) of every block
-            _output_axis(y, 0, dst[:, 0].permute(2, 4, 0, 1, 3, 5), dst[:, 1].permute(2, 4, 0, 1, 3, 5))
+            for r0 in range(0, Th, tr_step):
+                tr = min(tr_step, Th - r0)
+                src = src_buf[:2 * td + 2, :2 * tr + 2]
+                row0, row1 = max(2 * r0 - 1, 0), min(2 * (r0 + tr) + 1, H)
+                ra, rb = row0 - (2 * r0 - 1), row1 - (2 * r0 - 1)
+                src[a:b, ra:rb, 1:W + 1] = planes[n, first:end, row0:row1]
+                src[:a].zero_()
+                src[b:].zero_()
+                src[a:b, :ra].zero_()
+                src[a:b, rb:].zero_()
+                v1 = _buffer(v1_flat, (4, td, 2 * tr + 2, Wp, C))
+                _data_axis(src, 0, td, v1)
+                v2 = _buffer(v2_flat, (4, 4, td, tr, Wp, C))
+                _data_axis(v1, 2, tr, v2.transpose(0, 1))
+                v3 = _buffer(v3_flat, (4, 4, 4, td, tr, Tw, C))
+                _data_axis(v2, 4, Tw, v3.permute(2, 0, 1, 3, 4, 5, 6))
+                m = _buffer(m_flat, (64, td * tr * Tw, Co))
+                torch.bmm(v3.view(64, -1, C), ut, out=m)
+                m = m.view(4, 4, 4, td, tr, Tw, Co)
+                z = _buffer(z_flat, (4, 4, 2, td, tr, Tw, Co))
+                _output_axis(m, 2, z[:, :, 0], z[:, :, 1])
+                y = _buffer(y_flat, (4, 2, 2, td, tr, Tw, Co))
+                _output_axis(z, 1, y[:, 0], y[:, 1])
+                dst = blocks[t0:t0 + td, :, r0:r0 + tr]  # td, 2, tr, 2, Tw, 2, Co
+                # y[a, b, c] is the output at offset (a, b, c) of every block
+                _output_axis(y, 0, dst[:, 0].permute(2, 4, 0, 1, 3, 5), dst[:, 1].permute(2, 4, 0, 1, 3, 5))
     if bias is not None:
         out += bias
     out = out.permute(0, 4, 1, 2, 3)
