@@ -132,29 +132,100 @@ def test_channels_last_chain_matches_reference(monkeypatch):
     torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_onednn_mixers_convert_their_input_to_channels_last_once():
+@pytest.mark.parametrize("size,order", [((16, 16, 4), (2, 0, 1)), ((8, 12, 10), None)])
+def test_onednn_mixers_convert_their_input_to_channels_last_once(size, order):
     """At the lite model's widths the mixers' 3x3x3 convolutions are oneDNN's: each mixer converts its input
     once and every convolution, GroupNorm and the fusion then see channels-last volumes, within float rounding
-    of the reference."""
+    of the reference. A volume whose last axis is the short one (the lite grid's 8 heights) runs with that
+    axis outermost, and the head follows that order."""
+    from scanssc_ros.model import layers
+    from scanssc_ros.model.head import OccHead
     from scanssc_ros.model.mixer import Fuser
 
     torch.manual_seed(4)
     fuser = _randomize(Fuser(32, (1, 1, 1), (16, 16, 16), (1, 2, 2), 16, 4), 8)
-    xs = [torch.randn(1, 32, 16, 16, 4) for _ in range(3)]
-    layouts = []
+    head = _randomize(OccHead(16, 5, tuple(4 * s for s in size), gn_groups=4), 10)
+    xs = [torch.randn(1, 32, *size) for _ in range(3)]
+    layouts, sizes = [], []
     # channels innermost in memory (a stage's first block hands conv2 a channel slice of its stacked convolution)
-    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].stride(1) == 1))
+    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].stride(1) == 1) or
+                                         sizes.append(tuple(a[0].shape[2:])))
              for m in fuser.modules() if isinstance(m, ConvModule3d) and m.conv.kernel_size == (3, 3, 3)]
     with torch.inference_mode():
         fused = fuser(*xs)
+        logits = head(fused, upsample=False)
         assert layouts and all(layouts), layouts
-        assert fused.is_contiguous(memory_format=torch.channels_last_3d)
+        assert layers.channels_last_space_order(fused) == (order or (0, 1, 2))
+        assert sizes[0] == (tuple(size[o] for o in order) if order else size)
+        assert fused.shape[2:] == logits.shape[2:] == size and logits.is_contiguous()
         with fastpath.reference_ops():
             ref = fuser(*xs)
+            ref_logits = head(ref, upsample=False)
     for h in hooks:
         h.remove()
     assert all(x.is_contiguous() for x in xs)  # the callers' volumes are left as they were
     torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,dilation,winograd", [
+    (8, 16, (3, 1, 3), (2, 1, 1), (1, 0, 2), (1, 1, 2), False),  # every geometry parameter differs per axis
+    (8, 16, 3, 1, 1, 1, False),
+    (8, 1, (3, 3, 1), 1, (1, 1, 0), 1, False),  # one output channel: the depthwise-then-sum path
+    (8, 16, 1, 1, 0, 1, False),  # 1x1x1: the product
+    (8, 16, 3, 1, 1, 1, True),
+])
+@pytest.mark.parametrize("order", [(2, 0, 1), (1, 2, 0), (0, 2, 1)])
+def test_conv3d_in_permuted_space_is_the_permuted_convolution(monkeypatch, cin, cout, k, stride, padding,
+                                                               dilation, winograd, order):
+    """Inside ``permuted_space`` Conv3d's inference path convolves ``permute_space(x)`` with its kernel and
+    geometry permuted alike: the result is the permuted reference."""
+    from scanssc_ros.model import layers
+    from scanssc_ros.model.layers import Conv3d
+
+    if winograd:
+        monkeypatch.setattr(layers, "_WINOGRAD_MIN_CHANNEL_PRODUCT", 1)
+    torch.manual_seed(11)
+    conv = Conv3d(cin, cout, k, stride=stride, padding=padding, dilation=dilation).eval()
+    x = torch.randn(1, cin, 9, 7, 10)
+    with torch.inference_mode():
+        with fastpath.reference_ops():
+            ref = conv(x)
+        with layers.permuted_space(order):
+            out = conv(layers.permute_space(x, order).contiguous(memory_format=torch.channels_last_3d))
+        plain = conv(x)  # and the kernel cached for Winograd in the other order is not reused
+    torch.testing.assert_close(layers.unpermute_space(out, order), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_permuted_space_refuses_layers_it_cannot_permute():
+    from scanssc_ros.model import layers
+    from scanssc_ros.model.layers import Conv3d, ConvTranspose3d
+
+    x = torch.randn(1, 4, 4, 4, 2)
+    conv, deconv = Conv3d(4, 4, 3, padding=1), ConvTranspose3d(4, 4, 3, padding=1)
+    with layers.permuted_space((2, 0, 1)):
+        with pytest.raises(RuntimeError, match="permuted_space"):
+            conv(x)  # autograd: the reference path, whose kernel is not permuted
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="permuted_space"):
+            deconv(x)
+    with torch.inference_mode():
+        conv(x), deconv(x)  # the context is gone
+
+
+def test_channels_last_space_order():
+    from scanssc_ros.model import layers
+
+    x = torch.randn(1, 3, 4, 5, 6)
+    assert layers.channels_last_space_order(x) is None  # channels outermost
+    assert layers.channels_last_space_order(x.contiguous(memory_format=torch.channels_last_3d)) == (0, 1, 2)
+    for order in [(2, 0, 1), (1, 2, 0), (2, 1, 0)]:
+        y = layers.unpermute_space(layers.permute_space(x, order).contiguous(memory_format=torch.channels_last_3d),
+                                   order)
+        assert torch.equal(y, x) and layers.channels_last_space_order(y) == order
+    assert layers.channels_last_space_order(x.contiguous(memory_format=torch.channels_last_3d)[:, :, ::2]) is None
+    assert layers.direct_conv_space_order((64, 64, 8)) == (2, 0, 1)  # the lite grid
+    assert layers.direct_conv_space_order((56, 48, 160)) is None  # the stereo aggregation volume
 
 
 def test_fpn_lateral_multiplies_before_upsampling(monkeypatch):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fastpath, layers
 from .layers import Conv3d, GroupNorm
 
 
@@ -25,7 +26,15 @@ class OccHead(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         """Logits on the label grid; ``upsample=False``: on the processing grid, for callers that decode them
         without the full-resolution tensor (``decode.labels_confidence``)."""
-        logits = self.occ_convs[0](x).contiguous()  # the CPU fast path's channels-last, for the decoding
+        order = layers.channels_last_space_order(x) if fastpath.cpu_fp32_inference(x, *self.parameters()) and \
+            not self.training else None
+        if order is not None and order != (0, 1, 2):
+            # the mixers' output, channels-last in another axis order (see Fuser): the convolutions follow it
+            with layers.permuted_space(order):
+                logits = layers.unpermute_space(self.occ_convs[0](layers.permute_space(x, order)), order)
+        else:
+            logits = self.occ_convs[0](x)
+        logits = logits.contiguous()  # the CPU fast path's channels-last, for the decoding
         if not upsample:
             return logits
         return F.interpolate(logits, size=self.out_size, mode="trilinear", align_corners=False)

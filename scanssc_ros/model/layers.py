@@ -1,8 +1,10 @@
 """Small building blocks shared by several model files."""
 from __future__ import annotations
 
+import contextvars
 import logging
-from typing import Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,60 @@ from . import fastpath, winograd
 # channels-first version: 128 -> 128 over 128x128x16 1.3-1.7x faster, 256 -> 128 over 64x64x8 1.27x; channels-last
 # version against oneDNN on channels-last input: 128 -> 64 over 128x128x16 (the paper head) 1.9x, 64 -> 64 1.06x)
 _WINOGRAD_MIN_CHANNEL_PRODUCT = 128 * 64
+
+
+# the module's spatial axis that each spatial axis of Conv3d's input is, inside ``permuted_space``
+_SPACE_ORDER: contextvars.ContextVar[Optional[Tuple[int, int, int]]] = contextvars.ContextVar("scanssc_space_order",
+                                                                                            default=None)
+
+
+@contextmanager
+def permuted_space(order: Tuple[int, int, int]) -> Iterator[None]:
+    """Inside the block, Conv3d's CPU inference path takes input spatial axis i to be its own axis ``order[i]``:
+    kernel, stride, padding and dilation are permuted to match, so a chain of such layers (and of ops that do not
+    look at the spatial axes) run on ``permute_space(x, order)`` returns ``permute_space(result, order)``. Any
+    other Conv3d call inside raises rather than convolve with an unpermuted kernel."""
+    token = _SPACE_ORDER.set(tuple(order))
+    try:
+        yield
+    finally:
+        _SPACE_ORDER.reset(token)
+
+
+def _in_permuted_space() -> bool:
+    # torch.compile cannot trace a ContextVar; the fast paths, and so permuted_space, are off while it traces
+    return not torch.compiler.is_compiling() and _SPACE_ORDER.get() is not None
+
+
+def permute_space(x: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """The view of a (N, C, D, H, W) tensor with its spatial axes in ``order``."""
+    return x.permute(0, 1, *(2 + o for o in order))
+
+
+def unpermute_space(x: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """The inverse of ``permute_space(., order)`` (a view)."""
+    return x.permute(0, 1, *(2 + order.index(i) for i in range(3)))
+
+
+def channels_last_space_order(x: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """The spatial order in which a 5D tensor's memory is channels-last (``permute_space(x, order)`` is
+    channels_last_3d-contiguous), or None where it is not dense with more than one channel innermost."""
+    if x.dim() != 5 or x.shape[1] < 2 or x.stride(1) != 1:
+        return None
+    order = tuple(sorted(range(3), key=lambda i: (-x.stride(2 + i), i)))
+    if not permute_space(x, order).is_contiguous(memory_format=torch.channels_last_3d):
+        return None
+    return order
+
+
+def direct_conv_space_order(size: Sequence[int]) -> Optional[Tuple[int, int, int]]:
+    """A spatial order that makes oneDNN's channels-last direct 3D convolutions faster on a volume of this size,
+    or None to keep it: those kernels block along the innermost axis, and with the lite grid's 8 heights there
+    the mixers' 16-32 channel convolutions ran 10-25 % slower than with it outermost (64 x 64 x 8: 32 -> 32 10.6
+    against 9.1-9.7 ms, 16 -> 16 2.95 against 2.3-2.6 ms; whole mixers 25.1 / 27.7 / 26.0 against 21.1 / 25.5 /
+    21.8 ms). Axes that are all about as long gained nothing (the stereo aggregation's 56 x 48 x 160)."""
+    d, h, w = size
+    return (2, 0, 1) if 2 * w <= min(d, h) else None
 
 
 class _SafeBatchNorm:
@@ -51,6 +107,8 @@ class Conv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast_inference(x):
             return self.inference(x, self.weight, self.bias)
+        if _in_permuted_space():
+            raise RuntimeError("Conv3d off its CPU inference path inside permuted_space, which only that path reads")
         return super().forward(x)
 
     def fast_inference(self, x: torch.Tensor) -> bool:
@@ -59,7 +117,13 @@ class Conv3d(nn.Conv3d):
 
     def inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The fast CPU inference path with this layer's geometry and the given parameters (its own, or ones with
-        a following BatchNorm folded in); only where ``fast_inference(x)``."""
+        a following BatchNorm folded in); only where ``fast_inference(x)``. Inside ``permuted_space`` the kernel
+        and geometry are permuted like x's spatial axes."""
+        stride, padding, dilation = self.stride, self.padding, self.dilation
+        order = _SPACE_ORDER.get()
+        if order is not None:
+            weight = permute_space(weight, order).contiguous()
+            stride, padding, dilation = (tuple(g[o] for o in order) for g in (stride, padding, dilation))
         if self._pointwise:
             return _pointwise_matmul(x, weight, bias)
         if self._winograd:
@@ -71,11 +135,11 @@ class Conv3d(nn.Conv3d):
             # one output channel is a depthwise convolution summed over channels: oneDNN's direct kernel for a
             # single output channel is poorly vectorised (8 -> 1 channels 3x3x3 over 56 x 48 x 160: 11.5 ms,
             # against 3.2 ms this way; 32 -> 1: 40 -> 13 ms)
-            y = torch.mkldnn_convolution(x, weight.reshape(x.shape[1], 1, *weight.shape[2:]), None, self.padding,
-                                         self.stride, self.dilation, x.shape[1])
+            y = torch.mkldnn_convolution(x, weight.reshape(x.shape[1], 1, *weight.shape[2:]), None, padding, stride,
+                                         dilation, x.shape[1])
             y = y.sum(dim=1, keepdim=True)
             return y if bias is None else y.add_(bias.view(1, 1, 1, 1, 1))
-        return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, self.groups)
 
     def prefers_channels_last(self, x: torch.Tensor) -> bool:
         """True where this layer would run oneDNN's direct convolution on a channels-first ``x``: with 8-32
@@ -319,6 +383,8 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     in as a oneDNN tensor, which the dispatch cannot refuse, and comes back dense."""
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        if _in_permuted_space():
+            raise RuntimeError("ConvTranspose3d inside permuted_space, which only Conv3d reads")
         if output_size is None and self.fast_inference(x):
             return self._inference(x, self.weight, self.bias)
         return super().forward(x, output_size)
