@@ -125,12 +125,22 @@ def test_pad_zeros_equals_f_pad(pad, fmt):
     (3, 16, 3, 2, 1, True),  # the stem: SAME padding, odd pixel bottom/right
     (8, 48, 1, 1, 1, True),  # an expand conv
     (48, 48, 3, 2, 48, True),  # a strided depthwise conv
+    (48, 48, 5, 1, 48, True),  # a depthwise conv
     (48, 16, 1, 1, 1, False),  # a projection without activation
 ])
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
-def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(cin, cout, k, stride, groups, act, fmt):
+@pytest.mark.parametrize("fused_op", [True, False])  # False: a torch without mkldnn's fused convolution op
+def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(monkeypatch, cin, cout, k, stride, groups, act, fmt,
+                                                                fused_op):
     from scanssc_ros.model.efficientnet import ConvBNAct
 
+    if not fused_op:
+        monkeypatch.setattr(layers, "_CONV_POINTWISE", None)
+    elif layers._CONV_POINTWISE is None:
+        pytest.skip("this torch has no mkldnn::_convolution_pointwise")
+    else:  # SiLU goes into the convolution on channels-last maps
+        real, fused = layers._CONV_POINTWISE, []
+        monkeypatch.setattr(layers, "_CONV_POINTWISE", lambda *a: fused.append(a[7]) or real(*a))
     torch.manual_seed(1)
     layer = ConvBNAct(cin, cout, k, stride, groups, act).eval()
     x = torch.randn(2, cin, 13, 18).contiguous(memory_format=fmt)
@@ -151,9 +161,29 @@ def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(cin, cout, k, st
         calls.clear()
         assert fast.shape == ref.shape and fast.is_contiguous(memory_format=fmt)
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    if fused_op:
+        assert fused == (["swish"] * 2 if act and fmt == torch.channels_last else [])
     layer.train()  # training: batch statistics, no folding
     layer(x)
     assert calls == [1]
+
+
+def test_backbone_conv_silu_falls_back_when_the_fused_op_fails(monkeypatch, caplog):
+    """A torch whose private fused convolution op refuses the call: a warning, SiLU after the convolution."""
+    from scanssc_ros.model.efficientnet import ConvBNAct
+
+    def broken(*a):
+        raise RuntimeError("unsupported")
+    monkeypatch.setattr(layers, "_CONV_POINTWISE", broken)
+    torch.manual_seed(0)
+    layer = ConvBNAct(8, 16, 3, 1).eval()
+    x = torch.randn(1, 8, 9, 11).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), caplog.at_level("WARNING"):
+        fast = layer(x)
+        with fastpath.reference_ops():
+            ref = layer(x)
+    assert layers._CONV_POINTWISE is None and "SiLU runs after the convolution" in caplog.text
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
 def _random_batch_norm_statistics(module: nn.Module) -> None:

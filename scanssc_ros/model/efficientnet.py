@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fastpath
-from .layers import fold_batch_norm
+from .layers import conv2d_silu, fold_batch_norm
 
 # (kernel, base channels, stride, expand ratio, repeats) per same-width group; groups nested per stage.
 _STAGES: Tuple[Tuple[Tuple[int, int, int, int, int], ...], ...] = (
@@ -86,8 +86,15 @@ class Conv2dSame(nn.Conv2d):
         pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
         return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
 
-    def padded_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """The convolution of an input that already has its ``same_pad`` border."""
+    def padded_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       silu: bool = False) -> torch.Tensor:
+        """The convolution of an input that already has its ``same_pad`` border; ``silu``: followed by SiLU."""
+        if silu:
+            if _is_channels_last_map(x) and fastpath.cpu_fp32_inference(x, weight):
+                y = conv2d_silu(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+                if y is not None:
+                    return y
+            return F.silu(self.padded_forward(x, weight, bias), inplace=True)
         if _is_channels_last_map(x):
             return self._conv_forward(x, weight, bias)  # the whole backbone runs channels-last (EfficientNet.forward)
         if self.groups > 1 and self.groups == self.in_channels:
@@ -109,6 +116,10 @@ class ConvBNAct(nn.Module):
         if self.folds(x):
             # BatchNorm folded into the convolution: one pass fewer over each map (the lite model's first stages,
             # up to 48 x 192 x 640, spent ~6 ms per frame in separate normalisation passes)
+            if isinstance(self.act, nn.SiLU):  # and the activation into it too
+                conv = self.conv
+                pad = conv.same_pad(*x.shape[-2:])
+                return conv.padded_forward(pad_zeros(x, pad) if any(pad) else x, *self._folded(), silu=True)
             return self.act(self.conv(x, *self._folded()))
         return self.act(self.bn(self.conv(x)))
 
@@ -131,6 +142,8 @@ class ConvBNAct(nn.Module):
 
     def forward_prepadded(self, x: torch.Tensor) -> torch.Tensor:
         """``self`` of an input that already has the convolution's ``same_pad`` border, where ``folds(x)``."""
+        if isinstance(self.act, nn.SiLU):
+            return self.conv.padded_forward(x, *self._folded(), silu=True)
         return self.act(self.conv.padded_forward(x, *self._folded()))
 
 
