@@ -168,24 +168,6 @@ def test_backbone_conv_bn_folds_batchnorm_and_matches_reference(monkeypatch, cin
     assert calls == [1]
 
 
-def test_backbone_conv_silu_falls_back_when_the_fused_op_fails(monkeypatch, caplog):
-    """A torch whose private fused convolution op refuses the call: a warning, SiLU after the convolution."""
-    from scanssc_ros.model.efficientnet import ConvBNAct
-
-    def broken(*a):
-        raise RuntimeError("unsupported")
-    monkeypatch.setattr(layers, "_CONV_POINTWISE", broken)
-    torch.manual_seed(0)
-    layer = ConvBNAct(8, 16, 3, 1).eval()
-    x = torch.randn(1, 8, 9, 11).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), caplog.at_level("WARNING"):
-        fast = layer(x)
-        with fastpath.reference_ops():
-            ref = layer(x)
-    assert layers._CONV_POINTWISE is None and "SiLU runs after the convolution" in caplog.text
-    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-
-
 def _random_batch_norm_statistics(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -273,19 +255,32 @@ def test_conv_transpose3d_onednn_matches_reference(monkeypatch, cin, cout, shape
     assert x.grad is not None and up.weight.grad is not None
 
 
-def test_conv_transpose3d_falls_back_when_the_dense_op_fails(monkeypatch, caplog):
-    """A torch whose private deconvolution op refuses the call: a warning, the oneDNN tensor path from then on."""
+def _backbone_conv_bn_act():
+    from scanssc_ros.model.efficientnet import ConvBNAct
+    return ConvBNAct(8, 16, 3, 1).eval(), torch.randn(1, 8, 9, 11).contiguous(memory_format=torch.channels_last)
+
+
+def _stereo_deconvolution():
+    return ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1).eval(), torch.randn(1, 8, 5, 6, 7)
+
+
+@pytest.mark.parametrize("op,build,warning", [
+    ("_DECONV", _stereo_deconvolution, "oneDNN tensor path"),
+    ("_CONV_POINTWISE", _backbone_conv_bn_act, "SiLU runs after the convolution"),
+])
+def test_a_refused_private_onednn_op_falls_back(monkeypatch, caplog, op, build, warning):
+    """A torch whose private oneDNN op (dense deconvolution, convolution with SiLU) refuses the call: a warning,
+    the public path from then on, the reference's values."""
     def broken(*a):
         raise RuntimeError("unsupported")
-    monkeypatch.setattr(layers, "_DECONV", broken)
+    monkeypatch.setattr(layers, op, broken)
     torch.manual_seed(0)
-    up = ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1).eval()
-    x = torch.randn(1, 8, 5, 6, 7)
+    layer, x = build()
     with torch.inference_mode(), caplog.at_level("WARNING"):
-        fast = up(x)
+        fast = layer(x)
         with fastpath.reference_ops():
-            ref = up(x)
-    assert layers._DECONV is None and "oneDNN tensor path" in caplog.text
+            ref = layer(x)
+    assert getattr(layers, op) is None and warning in caplog.text
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
