@@ -68,14 +68,15 @@ class Conv2dSame(nn.Conv2d):
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False):
         super().__init__(cin, cout, k, stride=stride, padding=0 if stride > 1 else k // 2, groups=groups, bias=bias)
 
-    def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None
-                ) -> torch.Tensor:
-        """``weight``/``bias``: used instead of the layer's own (a following BatchNorm folded in)."""
+    def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                silu: bool = False) -> torch.Tensor:
+        """``weight``/``bias``: used instead of the layer's own (a following BatchNorm folded in); ``silu``:
+        followed by SiLU."""
         weight = self.weight if weight is None else weight
         bias = self.bias if weight is self.weight else bias
         if self.stride[0] > 1:
             x = pad_zeros(x, self.same_pad(*x.shape[-2:]))
-        return self.padded_forward(x, weight, bias)
+        return self.padded_forward(x, weight, bias, silu)
 
     def same_pad(self, ih: int, iw: int) -> Tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding of an ih x iw input (none at stride 1: ``padding`` does it)."""
@@ -117,9 +118,7 @@ class ConvBNAct(nn.Module):
             # BatchNorm folded into the convolution: one pass fewer over each map (the lite model's first stages,
             # up to 48 x 192 x 640, spent ~6 ms per frame in separate normalisation passes)
             if isinstance(self.act, nn.SiLU):  # and the activation into it too
-                conv = self.conv
-                pad = conv.same_pad(*x.shape[-2:])
-                return conv.padded_forward(pad_zeros(x, pad) if any(pad) else x, *self._folded(), silu=True)
+                return self.conv(x, *self._folded(), silu=True)
             return self.act(self.conv(x, *self._folded()))
         return self.act(self.bn(self.conv(x)))
 
