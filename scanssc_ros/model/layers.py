@@ -424,6 +424,7 @@ def _mkldnn_op(name: str):
 
 _DECONV = _mkldnn_op("_convolution_transpose_pointwise")
 _CONV_POINTWISE = _mkldnn_op("_convolution_pointwise")
+_log = logging.getLogger(__name__)
 
 
 def conv2d_silu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: Sequence[int],
@@ -442,7 +443,6 @@ def conv2d_silu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         _log.warning("mkldnn::_convolution_pointwise failed (%s); SiLU runs after the convolution", e)
         _CONV_POINTWISE = None
         return None
-_log = logging.getLogger(__name__)
 
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
