@@ -292,6 +292,7 @@ def test_shipped_params_scanssc_play_at_1x_accounts_for_every_frame(ros_context,
     frames_in = int(watch.diagnostics.get("frames_in", -1))
     print(f"\n[scanssc-play 1x, shipped params] {n_frames} frames: received {frames_in}, published {published}, "
           f"dropped {drops}; grids received {len(watch.grids)}")
+    print(f"--- node log (shown whole on a failure; the assertion's copy is cut short)\n{log}\n--- player\n{play_out}")
     assert published >= 1 and len(watch.grids) == published, (published, len(watch.grids), log)
     assert published + sum(drops.values()) == n_frames, (published, drops, log)
     # a right image or camera_info held up in the middleware (frame_sync.WAIT_LIMIT) can leave a frame unpaired or

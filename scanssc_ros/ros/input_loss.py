@@ -16,8 +16,11 @@ fragment. The node cannot see those messages, only the holes they leave:
 
 A gap seen before the period is known (the first few frames) counts its camera_infos at once and is judged by the
 period as well once that is known (the larger count wins), so a stall right at the start that loses images together
-with their infos is still counted. Images before the first received one cannot be counted, nor images lost together
-with their camera_info after the last received frame. Nothing here imports rclpy.
+with their infos is still counted. Images before the first received one are counted by the camera_infos that came
+for them (a lost fragment of the first full-size image holds it and the images behind it until the writer's next
+heartbeat, and the reader's KEEP_LAST history may drop the oldest meanwhile, while the small infos arrive), once
+the images that follow show that the infos carry their images' stamps. Images lost together with their camera_info
+before the first received image or after the last received frame cannot be counted. Nothing here imports rclpy.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ MIN_DIFFS = 3  # differences needed before gaps are judged (earlier ones are jud
 JUMP_SLACK = 1.0  # s: a gap counts as losses only while it is under this + twice the wall time it took
 FIT_TOLERANCE, FIT_SHARE = 0.2, 0.9  # a period fits when 90 % of the differences are within 0.2 of a multiple
 NO_IMAGE_INFOS = 5  # camera_infos with no left image ever received before that is reported
+# camera_infos that came ahead of the first image are dropped uncounted when, after this many images, the infos have
+# not shown that they carry their images' stamps
+BEFORE_FIRST_DECIDE = 10
 
 
 @dataclass
@@ -58,6 +64,7 @@ class LossDetector:
         self._recent: Deque[List] = deque(maxlen=PERIOD_WINDOW)  # [stamp, its camera_info seen] per image
         self._expected: Deque[_Expected] = deque(maxlen=64)  # info stamps newer than any received image
         self._counted_by_info: Deque[float] = deque(maxlen=PERIOD_WINDOW)
+        self._before_first: List[float] = []  # info stamps older than the first image, judged once stamps are known
         self.images_received = 0
         self._notes: List[str] = []
 
@@ -74,8 +81,11 @@ class LossDetector:
         matched = [e for e in self._expected if abs(e.t - t) <= self.tolerance]
         for e in matched:
             self._expected.remove(e)
+        if self._last is None:
+            self._take_infos_before_first(t, now)
         self._recent.append([t, bool(matched)])
         self._advance(t, now)
+        self._judge_before_first()
 
     def on_info(self, msg: Any) -> None:
         """Every left camera_info."""
@@ -83,6 +93,7 @@ class LossDetector:
         entry = next((r for r in self._recent if abs(r[0] - t) <= self.tolerance), None)
         if entry is not None:  # it came after its image
             entry[1] = True
+            self._judge_before_first()
             return
         if self._last is None or t > self._last + self.tolerance:
             self._expected.append(_Expected(t, now))
@@ -114,6 +125,28 @@ class LossDetector:
             self._add_lost(1)
             self._notes.append(f"its camera_info (stamp {e.t:.3f} s) arrived {self.wait_limit:g} s ago, the image did "
                                "not")
+
+    def _take_infos_before_first(self, t: float, now: float) -> None:
+        """At the first image (stamp t): the camera_infos already waiting with older stamps are of images that will
+        not come (a writer delivers its topic in order), unless their stamps are far older than the wall time since
+        (infos of an earlier stream, a jump)."""
+        older = [e for e in self._expected if e.t < t - self.tolerance]
+        self._before_first = [e.t for e in older if t - e.t <= JUMP_SLACK + 2.0 * max(now - e.since, 0.0)]
+        self._expected = deque((e for e in self._expected if e.t >= t - self.tolerance), maxlen=64)
+
+    def _judge_before_first(self) -> None:
+        if not self._before_first:
+            return
+        if len(self._recent) >= MIN_DIFFS and self.infos_stamped_like_images:
+            n = len(self._before_first)
+            self._counted_by_info.extend(self._before_first)
+            self._add_lost(n)
+            self._notes.append(f"{n} camera_info{'s' if n > 1 else ''} (stamps {self._before_first[0]:.3f}-"
+                               f"{self._before_first[-1]:.3f} s) arrived before the first left image, "
+                               f"{'their images' if n > 1 else 'its image'} did not")
+            self._before_first = []
+        elif self.images_received >= BEFORE_FIRST_DECIDE:
+            self._before_first = []  # the infos carry stamps of their own: nothing to tell from them
 
     def notes(self) -> List[str]:
         notes, self._notes = self._notes, []
