@@ -99,7 +99,7 @@ class Conv3d(nn.Conv3d):
     is most 3D convolutions of this model: the stereo depth-aggregation stem and U-Net, the coarser mixer
     stages. That kernel is 5-15x slower there than oneDNN, whose result is the same up to float summation order.
     Where aten already chose oneDNN the output is bitwise unchanged. Wide 3x3x3 convolutions (the paper model's
-    128-channel mixers and head) run Winograd F(2,3) instead (``winograd.py``), with the kernel transformed once
+    128-channel mixers and head) run Winograd instead (``winograd.py``), with the kernel transformed once
     and kept until the weight changes; their output is channels-last, and so is what oneDNN and the 1x1x1 product
     return for channels-last input.
     """
@@ -127,7 +127,8 @@ class Conv3d(nn.Conv3d):
         if self._pointwise:
             return _pointwise_matmul(x, weight, bias)
         if self._winograd:
-            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight), bias)  # reads any strides
+            # reads any strides
+            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight, winograd.depth_tile(x.shape[2])), bias)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
             # a channel slice of a wider volume (BasicBlock3D's stacked conv1 + shortcut): dense, keeping the layout
             x = x.contiguous(memory_format=torch.channels_last_3d if x.stride(1) == 1 else torch.contiguous_format)
@@ -159,13 +160,14 @@ class Conv3d(nn.Conv3d):
             ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1) and \
             self.in_channels * self.out_channels >= _WINOGRAD_MIN_CHANNEL_PRODUCT
 
-    def _winograd_weight(self, weight: torch.Tensor) -> torch.Tensor:
+    def _winograd_weight(self, weight: torch.Tensor, first_tile: int = 2) -> torch.Tensor:
         # kept outside the module's tensors (no state_dict entry) with a copy of the kernel it came from: compared
         # by value on every call (~0.1 ms), because a version counter misses writes through ``.data``
         cached = self.__dict__.get("_winograd_cache")
-        if cached is None or cached[0].shape != weight.shape or cached[0].dtype != weight.dtype or \
-                cached[0].device != weight.device or not torch.equal(cached[0], weight):
-            cached = (weight.detach().clone(), winograd.transform_weight(weight))
+        if cached is None or cached[2] != first_tile or cached[0].shape != weight.shape or \
+                cached[0].dtype != weight.dtype or cached[0].device != weight.device or \
+                not torch.equal(cached[0], weight):
+            cached = (weight.detach().clone(), winograd.transform_weight(weight, first_tile), first_tile)
             self.__dict__["_winograd_cache"] = cached
         return cached[1]
 
