@@ -42,6 +42,12 @@ NO_IMAGE_INFOS = 5  # camera_infos with no left image ever received before that 
 BEFORE_FIRST_DECIDE = 10
 
 
+def _skipped_ahead(gap: float, wall: float) -> bool:
+    """A stamp gap of far more camera time than the wall time it took: a jump (bag switched or skipped ahead,
+    camera restarted), not lost images."""
+    return gap > JUMP_SLACK + 2.0 * max(wall, 0.0)
+
+
 @dataclass
 class _Expected:
     t: float
@@ -131,7 +137,7 @@ class LossDetector:
         not come (a writer delivers its topic in order), unless their stamps are far older than the wall time since
         (infos of an earlier stream, a jump)."""
         older = [e for e in self._expected if e.t < t - self.tolerance]
-        self._before_first = [e.t for e in older if t - e.t <= JUMP_SLACK + 2.0 * max(now - e.since, 0.0)]
+        self._before_first = [e.t for e in older if not _skipped_ahead(t - e.t, now - e.since)]
         self._expected = deque((e for e in self._expected if e.t >= t - self.tolerance), maxlen=64)
 
     def _judge_before_first(self) -> None:
@@ -187,10 +193,10 @@ class LossDetector:
         # (then the period estimate is too long), though infos can be lost as well
         by_info = sum(1 for e in self._expected if self._last + self.tolerance < e.t < t - self.tolerance) \
             if self.infos_stamped_like_images else 0
-        wall = max(now - self._last_wall, 0.0)
+        wall = now - self._last_wall
         self._last, self._last_wall = t, now
         self._expected = deque((e for e in self._expected if e.t > t + self.tolerance), maxlen=64)
-        if gap > JUMP_SLACK + 2.0 * wall:  # far more camera time than wall time: skipped ahead, not lost
+        if _skipped_ahead(gap, wall):
             self._judge([(gap, by_info, 0)], None)
             return
         self._diffs.append(gap)
