@@ -296,7 +296,6 @@ class VoxFormerHead(nn.Module):
         dev = context.device
         with stage(timings, "cross_attn", dev):
             lss_flat = lss_volume.flatten(2).transpose(1, 2).to(context.dtype)  # B,N,C
-            queries = self.volume_embed.weight[None].to(lss_flat.dtype) + lss_flat
             ref, in_view = self._reference_points(K, T_cam_grid, img_aug)
             prop = proposal.reshape(B, -1)
             counts = prop.sum(dim=1)
@@ -304,7 +303,11 @@ class VoxFormerHead(nn.Module):
             # stable sort puts each sample's proposal voxels first, in flat-index order
             order = torch.sort((~prop).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]
             real = torch.arange(max_len, device=dev)[None] < counts[:, None]
-            x = torch.gather(queries, 1, order[..., None].expand(-1, -1, C))
+            # the queries (volume embedding + lifted features) of the proposal voxels only: the same sums, without
+            # a whole-volume temporary (134 MB for the paper grid)
+            pick = order[..., None].expand(-1, -1, C)
+            embed = self.volume_embed.weight[None].to(lss_flat.dtype).expand(B, -1, -1)
+            x = torch.gather(embed, 1, pick) + torch.gather(lss_flat, 1, pick)
             ref_sel = torch.gather(ref, 1, order[..., None].expand(-1, -1, 3))
             valid = torch.gather(in_view, 1, order) & real
             value = context.flatten(2).transpose(1, 2)
@@ -315,7 +318,11 @@ class VoxFormerHead(nn.Module):
                 x = layer(x, value, dist, ref_sel, valid, (h, w))
             vox = self.mlp_prior(lss_flat)
             b_idx = torch.arange(B, device=dev)[:, None].expand(-1, max_len)
-            vox = vox.index_put((b_idx[real], order[real]), x[real].to(vox.dtype))
+            where = (b_idx[real], order[real])
+            if torch.is_grad_enabled():
+                vox = vox.index_put(where, x[real].to(vox.dtype))
+            else:  # mlp_prior's fresh result: written in place instead of copied
+                vox.index_put_(where, x[real].to(vox.dtype))
         with stage(timings, "self_attn", dev):
             rows, cols = cfg.bev_shape
             pos = self.positional_encoding(rows, cols).reshape(-1, C).to(vox.dtype)
