@@ -87,11 +87,21 @@ def test_projection_block_convolves_its_input_once(monkeypatch, stride, layout, 
     x = torch.randn(1, 8, 8, 6, 4).contiguous(memory_format=layout)
     out_channels = []
     real = Conv3d.inference
-    monkeypatch.setattr(Conv3d, "inference",
-                        lambda self, x, w, b: out_channels.append(w.shape[0]) or real(self, x, w, b))
+    results = []
+
+    def spy(self, x, w, b, splits=None):
+        out_channels.append(w.shape[0])
+        results.append(real(self, x, w, b, splits))
+        return results[-1]
+
+    monkeypatch.setattr(Conv3d, "inference", spy)
     fast, ref = _fast_and_reference(block, x)
     assert out_channels == [32, 16]  # conv1 + shortcut, then conv2; the reference takes none of these calls
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    conv1, shortcut = results[0]
+    # Winograd writes the two results to memory of their own (stride 1), oneDNN's are channel views of one
+    separate = conv1.untyped_storage().data_ptr() != shortcut.untyped_storage().data_ptr()
+    assert separate == (winograd and stride == 1)
 
 
 def test_channels_last_chain_matches_reference(monkeypatch):

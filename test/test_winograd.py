@@ -58,6 +58,25 @@ def test_f4x2x2_is_as_accurate_as_a_direct_float32_convolution():
     assert f2 < f4 <= 1.5 * direct, (f2, f4, direct)
 
 
+@pytest.mark.parametrize("first_tile", [2, 4])
+def test_winograd_splits_are_the_split_result_in_memory_of_their_own(first_tile):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 6, 8, 5, 7, generator=g)
+    w = torch.randn(10, 6, 3, 3, 3, generator=g)
+    b = torch.randn(10, generator=g)
+    u = winograd.transform_weight(w, first_tile)
+    whole = winograd.conv3d_3x3x3(x, u, b)
+    parts = winograd.conv3d_3x3x3(x, u, b, splits=[3, 7])
+    assert isinstance(parts, tuple) and len(parts) == 2
+    for part, ref in zip(parts, whole.split([3, 7], dim=1)):
+        assert torch.equal(part, ref) and part.is_contiguous(memory_format=torch.channels_last_3d)
+    assert parts[0].untyped_storage().data_ptr() != parts[1].untyped_storage().data_ptr()
+    (single,) = winograd.conv3d_3x3x3(x, u, None, splits=[10])
+    assert torch.equal(single, winograd.conv3d_3x3x3(x, u))
+    with pytest.raises(ValueError, match="do not add up to 10"):
+        winograd.conv3d_3x3x3(x, u, b, splits=[3, 6])
+
+
 def test_winograd_first_tile_follows_the_depth():
     assert [winograd.depth_tile(d) for d in (4, 8, 16, 2, 6, 10, 5)] == [4, 4, 4, 2, 2, 2, 2]
     with pytest.raises(ValueError, match="first_tile must be 2 or 4"):

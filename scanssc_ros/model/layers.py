@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -115,10 +115,27 @@ class Conv3d(nn.Conv3d):
         return self.padding_mode == "zeros" and not isinstance(self.padding, str) and x.dim() == 5 and \
             fastpath.cpu_fp32_inference(x, self.weight)
 
-    def inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def inference_parts(self, x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]
+                        ) -> Tuple[torch.Tensor, ...]:
+        """``inference`` of several kernels with this geometry (stacked along the output channels, so x is read
+        and, on Winograd, transformed once), one result per kernel: on the Winograd path each in memory of its
+        own, elsewhere channel views of one result."""
+        splits = [w.shape[0] for w in weights]
+        return self.inference(x, torch.cat(list(weights)), torch.cat(list(biases)), splits)
+
+    def inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  splits: Optional[Sequence[int]] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """The fast CPU inference path with this layer's geometry and the given parameters (its own, or ones with
         a following BatchNorm folded in); only where ``fast_inference(x)``. Inside ``permuted_space`` the kernel
-        and geometry are permuted like x's spatial axes."""
+        and geometry are permuted like x's spatial axes. With ``splits``: the result split along its channels
+        (see ``inference_parts``)."""
+        y = self._inference(x, weight, bias, splits)
+        if splits is not None and isinstance(y, torch.Tensor):
+            return tuple(y.split(list(splits), dim=1))
+        return y
+
+    def _inference(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   splits: Optional[Sequence[int]]) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         stride, padding, dilation = self.stride, self.padding, self.dilation
         order = _SPACE_ORDER.get()
         if order is not None:
@@ -128,7 +145,8 @@ class Conv3d(nn.Conv3d):
             return _pointwise_matmul(x, weight, bias)
         if self._winograd:
             # reads any strides
-            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight, winograd.depth_tile(x.shape[2])), bias)
+            return winograd.conv3d_3x3x3(x, self._winograd_weight(weight, winograd.depth_tile(x.shape[2])), bias,
+                                         splits)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d)):
             # a channel slice of a wider volume (BasicBlock3D's stacked conv1 + shortcut): dense, keeping the layout
             x = x.contiguous(memory_format=torch.channels_last_3d if x.stride(1) == 1 else torch.contiguous_format)

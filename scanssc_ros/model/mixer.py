@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastpath, layers
+from . import buffer_pool, fastpath, layers
 from .layers import Conv3d, GroupNorm, fold_batch_norm, group_norm_channels_last, pointwise_parts
 from .upsample import trilinear
 
@@ -98,9 +98,8 @@ class BasicBlock3D(nn.Module):
         12.4 ms with the split)."""
         w1, b1 = fold_batch_norm(self.conv1.conv.weight, self.conv1.conv.bias, self.conv1.bn)
         w2, b2 = fold_batch_norm(self.downsample.conv.weight, self.downsample.conv.bias, self.downsample.bn)
-        both = self.conv1.conv.inference(x, torch.cat([w1, w2]), torch.cat([b1, b2]))
-        c = w1.shape[0]
-        return both[:, :c].relu_(), both[:, c:]  # views: Conv3d.inference takes strided input
+        y, shortcut = self.conv1.conv.inference_parts(x, [w1, w2], [b1, b2])
+        return y.relu_(), shortcut  # channel views off Winograd: Conv3d.inference takes strided input
 
 
 class CustomResNet3D(nn.Module):
@@ -187,6 +186,13 @@ class Fuser(nn.Module):
 
     def forward(self, depth_feats: torch.Tensor, height_feats: torch.Tensor, width_feats: torch.Tensor
                 ) -> torch.Tensor:
+        if depth_feats.device.type == "cpu" and not self.training:
+            with buffer_pool.pooled():  # the full-size volumes of the three mixers reuse each other's memory
+                return self._forward(depth_feats, height_feats, width_feats)
+        return self._forward(depth_feats, height_feats, width_feats)
+
+    def _forward(self, depth_feats: torch.Tensor, height_feats: torch.Tensor, width_feats: torch.Tensor
+                 ) -> torch.Tensor:
         order = self._space_order(depth_feats)
         if order is None:
             return self._fuse(depth_feats, height_feats, width_feats)

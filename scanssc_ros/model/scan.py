@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fastpath
+from . import buffer_pool, fastpath
 
 AXES = ("depth", "width", "height")
 # CPU inference runs a layer over this many sequence elements (x channels) at a time: 8 MB temporaries, below
@@ -125,7 +125,8 @@ class ScanBlockLayer(nn.Module):
         if self.training or not fastpath.cpu_fp32_inference(x, self.linear2.weight):
             return self._layer(x, pos if rows is None else pos_table[rows], blocked)
         step = max(1, _LAYER_CHUNK_ELEMENTS // (L * max(C, self.linear1.out_features)))
-        out = torch.empty_like(x.contiguous())
+        x = x.contiguous()
+        out = buffer_pool.empty(x.shape, x.dtype, x.device)
         mask = torch.zeros(L, L, dtype=x.dtype, device=x.device).masked_fill_(blocked, float("-inf")) \
             if L >= _CACHED_ATTENTION_MIN_LEN else ~blocked
         per_sequence = pos is not None and pos.dim() == 3 and pos.shape[0] == S
@@ -194,7 +195,14 @@ class ScanBlock(nn.Module):
             table = pos
         shape = seq.shape
         L = shape[3]
-        out = self.scanblocklayer(seq.reshape(-1, L, C), pos_table=table).view(shape)
+        if not buffer_pool.active():
+            lines = seq.reshape(-1, L, C)
+        elif seq.is_contiguous():
+            lines = seq.view(-1, L, C)
+        else:  # the sequences gathered: a whole-volume copy, from the buffer pool
+            lines = buffer_pool.empty((math.prod(shape[:3]), L, C), seq.dtype, seq.device)
+            lines.view(shape).copy_(seq)
+        out = self.scanblocklayer(lines, pos_table=table).view(shape)
         if self.axis == "depth":
             return out.permute(0, 3, 1, 2, 4)
         if self.axis == "width":

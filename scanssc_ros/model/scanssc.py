@@ -19,6 +19,7 @@ is a different method (spec section 10.5) and should be trained in that mode.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from scanssc_ros.config import ModelConfig
 
-from . import fastpath
+from . import buffer_pool, fastpath
 from .depth_net import camera_vector
 from .efficientnet import EfficientNet
 from .encoder import VoxFormerHead
@@ -124,9 +125,11 @@ class ScanSSC(nn.Module):
             if src is None:
                 src = depth_from_distribution(depth.detach(), cfg.dbound, cfg.input_size)
             proposal = voxel_proposal(src, K, T, A, cfg.proc_grid)
-        d_feat, h_feat, w_feat = self.VoxFormer_head(context, depth, lss, proposal, K, T, A, timings)
-        with stage(timings, "mixers", dev):
-            fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
+        # CPU inference: the Scan results and the mixers' volumes (all of one size) share a buffer pool
+        with buffer_pool.pooled() if dev.type == "cpu" and not self.training else nullcontext():
+            d_feat, h_feat, w_feat = self.VoxFormer_head(context, depth, lss, proposal, K, T, A, timings)
+            with stage(timings, "mixers", dev):
+                fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
         with stage(timings, "head", dev):
             logits = self.pts_bbox_head(fused, upsample)
         return ModelOutputs(logits=logits, depth=depth, mono_depth_logits=mono_logits, proposal=proposal)

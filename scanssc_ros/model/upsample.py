@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import fastpath
+from . import buffer_pool, fastpath
 
 
 def _phases(s: int) -> List[Tuple[int, float]]:
@@ -83,7 +83,16 @@ def trilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     scales = integer_scales(x.shape[2:], size)
     if scales is None or not fastpath.cpu_fp32_inference(x):
         return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
-    for dim in (4, 3, 2):  # last axis first: the largest blends run on the smallest tensors
-        if scales[dim - 2] > 1:
-            x = upsample_axis(x, dim, scales[dim - 2])
+    dims = [d for d in (4, 3, 2) if scales[d - 2] > 1]  # last axis first: the largest blends on the smallest tensors
+    for dim in dims:
+        s = scales[dim - 2]
+        if dim != dims[-1]:
+            x = upsample_axis(x, dim, s)
+            continue
+        # the full-size result from the buffer pool where one is active; returned as allocated, not as the flatten
+        # of the split view upsample_axis writes to (see there)
+        fmt = torch.channels_last_3d if fastpath.is_channels_last_volume(x) else torch.contiguous_format
+        full = buffer_pool.empty((*x.shape[:dim], x.shape[dim] * s, *x.shape[dim + 1:]), x.dtype, x.device, fmt)
+        upsample_axis(x, dim, s, out=full.unflatten(dim, (x.shape[dim], s)))
+        x = full
     return x

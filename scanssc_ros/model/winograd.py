@@ -23,9 +23,11 @@ transforms would cost more than the products save.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
+
+from . import buffer_pool
 
 # kernel transforms G (n x 3): F(2,3) on every axis; F(4,3) (Lavin's points 0, +-1, +-2) on the first one where the
 # volume's depth is a multiple of 4. Data B^T and output A^T are the patterns spelt out in _data_axis*/_output_axis*
@@ -112,11 +114,15 @@ def _buffer(flat: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
     return flat[:math.prod(shape)].view(shape)
 
 
-def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 splits: Optional[Sequence[int]] = None) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
     """``F.conv3d(x, weight, bias, padding=1)`` for a 3x3x3 kernel given as ``u = transform_weight(weight, t)``
     (t = 2 or 4 outputs per tile along the first spatial axis, read from u's size). x (N, Cin, D, H, W) of any size
     and memory layout; returns (N, Cout, D, H, W) in channels-last memory (``torch.channels_last_3d``), fastest
-    when x is channels-last too, as in a chain of these convolutions.
+    when x is channels-last too, as in a chain of these convolutions. With ``splits`` (output channel counts
+    summing to Cout): ``result.split(splits, dim=1)``, each part in memory of its own (stacked kernels of different
+    layers, e.g. a ResNet block's conv1 and shortcut, share the input transform but not their results' lifetimes;
+    with one size per volume the buffer pool also reuses their memory).
 
     The work runs channels-last: every transform pass then reads and writes runs of Cin or Cout contiguous
     floats. With the channels outermost, the passes along the innermost spatial axis read every second float and
@@ -130,7 +136,12 @@ def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] 
     t0_out = n0 - 2  # outputs per tile along the first axis
     Td, Th, Tw = -(-D // t0_out), (H + 1) // 2, (W + 1) // 2
     Wp = 2 * Tw + 2  # padded columns of a chunk
-    out = x.new_empty(N, t0_out * Td, 2 * Th, 2 * Tw, Co)
+    split = splits is not None
+    splits = tuple(splits) if split else (Co,)
+    if sum(splits) != Co or min(splits) < 1:
+        raise ValueError(f"splits {splits} do not add up to {Co} output channels")
+    outs_full = [buffer_pool.empty((N, t0_out * Td, 2 * Th, 2 * Tw, c), x.dtype, x.device) for c in splits]
+    bounds = [(sum(splits[:i]), sum(splits[:i + 1])) for i in range(len(splits))]
     # a chunk is td tile planes, or, where one plane is over the budget (the paper's 128x128 planes: 134 MB),
     # tr tile rows of one plane
     plane = 16 * n0 * C * Th * Tw
@@ -151,7 +162,7 @@ def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] 
     ut = u.transpose(1, 2)  # (16 n, Cin, Cout): tiles x Cin times Cin x Cout
     planes = x.permute(0, 2, 3, 4, 1)  # (N, D, H, W, Cin), a view
     for n in range(N):
-        blocks = out[n].view(Td, t0_out, Th, 2, Tw, 2, Co)
+        blocks = [o[n].view(Td, t0_out, Th, 2, Tw, 2, o.shape[-1]) for o in outs_full]
         for t0 in range(0, Td, td_step):
             td = min(td_step, Td - t0)
             # padded planes t0_out t0 .. t0_out (t0 + td) + 1 = input planes from t0_out t0 - 1
@@ -183,16 +194,21 @@ def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] 
                 _output_axis(m, 2, z[:, :, 0], z[:, :, 1])
                 y = _buffer(y_flat, (n0, 2, 2, td, tr, Tw, Co))
                 _output_axis(z, 1, y[:, 0], y[:, 1])
-                dst = blocks[t0:t0 + td, :, r0:r0 + tr]  # td, t0_out, tr, 2, Tw, 2, Co
-                # y[a, b, c] is the output at offset (a, b, c) of every block
-                outs = tuple(dst[:, k].permute(2, 4, 0, 1, 3, 5) for k in range(t0_out))
-                if n0 == 6:
-                    _output_axis4(y, outs, _buffer(z_flat, (4, *y.shape[1:])))  # z is spent by now
-                else:
-                    _output_axis(y, 0, *outs)
-    if bias is not None:
-        out += bias
-    out = out.permute(0, 4, 1, 2, 3)
-    if (t0_out * Td, 2 * Th, 2 * Tw) != (D, H, W):
-        out = out[:, :, :D, :H, :W].contiguous(memory_format=torch.channels_last_3d)
-    return out
+                for blk, (lo, hi) in zip(blocks, bounds):
+                    dst = blk[t0:t0 + td, :, r0:r0 + tr]  # td, t0_out, tr, 2, Tw, 2, channels
+                    # y[a, b, c] is the output at offset (a, b, c) of every block
+                    outs = tuple(dst[:, k].permute(2, 4, 0, 1, 3, 5) for k in range(t0_out))
+                    part = y if len(blocks) == 1 else y[..., lo:hi]
+                    if n0 == 6:
+                        _output_axis4(part, outs, _buffer(z_flat, (4, *part.shape[1:])))  # z is spent by now
+                    else:
+                        _output_axis(part, 0, *outs)
+    results = []
+    for o, (lo, hi) in zip(outs_full, bounds):
+        if bias is not None:
+            o += bias[lo:hi]
+        o = o.permute(0, 4, 1, 2, 3)
+        if (t0_out * Td, 2 * Th, 2 * Tw) != (D, H, W):
+            o = o[:, :, :D, :H, :W].contiguous(memory_format=torch.channels_last_3d)
+        results.append(o)
+    return tuple(results) if split else results[0]
