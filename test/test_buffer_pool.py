@@ -179,3 +179,18 @@ def test_whole_model_is_bitwise_the_same_with_and_without_the_pool(monkeypatch, 
     with torch.enable_grad():
         graded = model(inputs).logits  # parameters need gradients: off the fast paths, a reference of its own
     torch.testing.assert_close(graded, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_gather_table_in_reused_memory_is_f_pad_of_the_values(small_blocks):
+    """The self-attention's padded value table written into a pooled buffer that held NaNs: borders zeroed, the
+    interior the values, bitwise F.pad's table."""
+    from scanssc_ros.model.msda import gather_table
+
+    g = torch.Generator().manual_seed(8)
+    value = torch.randn(1, 5 * 7, 2, 4, generator=g)
+    ref = gather_table(value, [(5, 7)]).rows
+    with buffer_pool.pooled() as pool:
+        buffer_pool.empty((1, 2, 8, 10, 4), torch.float32, torch.device("cpu")).fill_(float("nan"))
+        rows = gather_table(value, [(5, 7)]).rows
+        assert pool.reused == 1
+    assert torch.equal(rows, ref)

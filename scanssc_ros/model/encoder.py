@@ -25,7 +25,7 @@ from torch import nn
 from scanssc_ros.config import ModelConfig
 from scanssc_ros.geometry import project_points, voxel_centers
 
-from . import fastpath
+from . import buffer_pool, fastpath
 from .dfa3d import dfa3d_sample
 from .layers import LearnedPositionalEncoding, softmax_last
 from .lift import camera_key
@@ -140,7 +140,13 @@ class DeformSelfAttention(nn.Module):
     def values(self, query: torch.Tensor) -> torch.Tensor:
         """The sampled features (B, N, nH, C / nH): every query's, whichever queries attend."""
         B, N, C = query.shape
-        return self.value_proj(query).view(B, N, self.num_heads, C // self.num_heads)
+        proj = self.value_proj
+        if buffer_pool.active() and query.is_contiguous() and fastpath.cpu_fp32_inference(query, proj.weight):
+            # F.linear's own product, into pooled memory
+            v = buffer_pool.empty((B * N, C), query.dtype, query.device)
+            torch.addmm(proj.bias, query.view(B * N, C), proj.weight.t(), out=v)
+            return v.view(B, N, self.num_heads, C // self.num_heads)
+        return proj(query).view(B, N, self.num_heads, C // self.num_heads)
 
     def points(self, query: torch.Tensor, pos: torch.Tensor, ref: torch.Tensor, shape_hw: Tuple[int, int]
                ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +211,7 @@ class SelfLayer(nn.Module):
         attention, ffn = self.attentions[0], self.ffns[0]
         widest = max(2 * x.shape[-1], attention.sampling_offsets.out_features, ffn.layers[0][0].out_features)
         step = max(1, _SELF_CHUNK_ELEMENTS // widest)
-        out = torch.empty_like(x)
+        out = buffer_pool.empty(x.shape, x.dtype, x.device)
         for q0 in range(0, x.shape[1], step):
             q = x[:, q0:q0 + step]
             loc, weights = attention.points(q, pos[q0:q0 + step], ref[q0:q0 + step], shape_hw)

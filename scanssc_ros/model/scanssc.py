@@ -126,7 +126,8 @@ class ScanSSC(nn.Module):
                 src = depth_from_distribution(depth.detach(), cfg.dbound, cfg.input_size)
             proposal = voxel_proposal(src, K, T, A, cfg.proc_grid)
         # CPU inference: the Scan results and the mixers' volumes (all of one size) share a buffer pool
-        with buffer_pool.pooled() if dev.type == "cpu" and not self.training else nullcontext():
+        with buffer_pool.pooled() if dev.type == "cpu" and not (self.training or torch.is_grad_enabled()) \
+                else nullcontext():
             d_feat, h_feat, w_feat = self.VoxFormer_head(context, depth, lss, proposal, K, T, A, timings)
             with stage(timings, "mixers", dev):
                 fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
