@@ -109,7 +109,7 @@ def test_fuser_on_winograd_reuses_its_volumes_and_matches_without_pool(monkeypat
         plain = f(*xs)
     assert torch.equal(pooled_out, plain)
     torch.testing.assert_close(pooled_out, ref, rtol=1e-4, atol=1e-4)
-    assert len(pools) == 3  # every call enters a pool (the last two find none to use)
+    assert len(pools) == 2  # the fast calls enter a pool (the second finds none to use), the reference does not
 
 
 def test_pool_reuse_counts_in_the_fuser(monkeypatch):

@@ -125,9 +125,10 @@ class ScanSSC(nn.Module):
             if src is None:
                 src = depth_from_distribution(depth.detach(), cfg.dbound, cfg.input_size)
             proposal = voxel_proposal(src, K, T, A, cfg.proc_grid)
-        # CPU inference: the Scan results and the mixers' volumes (all of one size) share a buffer pool
-        with buffer_pool.pooled() if dev.type == "cpu" and not (self.training or torch.is_grad_enabled()) \
-                else nullcontext():
+        # CPU inference on the fast paths: the Scan results and the mixers' volumes (all of one size) share a
+        # buffer pool
+        pool = dev.type == "cpu" and fastpath.enabled() and not (self.training or torch.is_grad_enabled())
+        with buffer_pool.pooled() if pool else nullcontext():
             d_feat, h_feat, w_feat = self.VoxFormer_head(context, depth, lss, proposal, K, T, A, timings)
             with stage(timings, "mixers", dev):
                 fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
