@@ -1,4 +1,4 @@
-"""The buffer pool that lets the paper mixers' full-size volumes reuse each other's memory within a forward."""
+"""The buffer pool that lets the paper model's full-size volumes reuse each other's memory within a forward."""
 from __future__ import annotations
 
 import threading

@@ -1,14 +1,15 @@
-"""Reuse of large CPU buffers within one forward pass (the paper model's 3D mixers).
+"""Reuse of large CPU buffers within one forward pass (the paper model's 134 MB volumes).
 
-Every full-resolution result of the paper's mixers is a fresh 134-268 MB volume. glibc serves blocks that size
-with new pages from the kernel (its mmap threshold is at most 32 MB), so each one was faulted in page by page:
-the three mixers took 766 k minor faults and 2.2 s of system time per frame, 16.0 s against 14.5 s with malloc
-keeping everything in its heap (``SCANSSC_MALLOC_TUNING=heap``, which fragments the heap and raises the peak RSS
-for the whole process). Inside ``pooled()``, the allocation sites that make those volumes (the Scan blocks'
-sequences and results, Winograd convolution outputs, upsampling results) take them from a pool instead: a buffer
-that no tensor uses any more is handed out again for the next request of the same size, e.g. a Scan result, once
-its mixer has read it, for that mixer's convolutions. The pool lives only as long as the block, so nothing is
-held between frames.
+From the self-attention on, the paper model works on volumes of 128 x 128 x 16 voxels x 128 channels: 134 MB
+each, fresh for every result. glibc serves blocks that size with new pages from the kernel (its mmap threshold is
+at most 32 MB), so each one was faulted in page by page: the three mixers alone took 766 k minor faults and 2.2 s
+of system time per frame (16.0 s against 14.5 s with malloc keeping everything in its heap,
+``SCANSSC_MALLOC_TUNING=heap``, which fragments the heap and raises the whole process's peak RSS). Inside
+``pooled()`` (``ScanSSC.forward`` on the CPU fast paths, from the cross-attention to the mixers), the sites that
+make those volumes (the self-attention's value tables and layer results, the Scan blocks' sequences and results,
+Winograd convolution outputs, upsampled FPN laterals) take them from a pool instead: a buffer that no tensor uses
+any more is handed out again for the next request of the same size, e.g. a Scan result, once its mixer has read
+it, for that mixer's convolutions. The pool lives only as long as the block, so nothing is held between frames.
 
 A buffer is free when its storage has no user besides the pool, read from the storage's reference count
 (``torch._C._storage_Use_Count``, a private function: where a torch build lacks it, the pool just allocates).
