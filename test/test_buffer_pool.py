@@ -194,3 +194,18 @@ def test_gather_table_in_reused_memory_is_f_pad_of_the_values(small_blocks):
         rows = gather_table(value, [(5, 7)]).rows
         assert pool.reused == 1
     assert torch.equal(rows, ref)
+
+
+def test_the_pool_is_wanted_for_cpu_inference_on_the_fast_paths_only(monkeypatch):
+    x = torch.zeros(2)
+    with torch.no_grad():
+        assert buffer_pool.wanted(x, training=False)
+        assert not buffer_pool.wanted(x, training=True)
+        assert not buffer_pool.wanted(torch.zeros(2, device="meta"), training=False)
+        with fastpath.reference_ops():
+            assert not buffer_pool.wanted(x, training=False)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert not buffer_pool.wanted(x, training=False)
+    monkeypatch.undo()
+    with torch.enable_grad():
+        assert not buffer_pool.wanted(x, training=False)

@@ -23,6 +23,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import fastpath
+
 # smaller blocks come from glibc's heap (malloc_tuning's 32 MB mmap threshold) and are reused there already
 MIN_BYTES = 32 << 20
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -83,6 +85,13 @@ def pooled() -> Iterator[Optional[BufferPool]]:
         yield _ACTIVE.get()
     finally:
         _ACTIVE.reset(token)
+
+
+def wanted(x: torch.Tensor, training: bool) -> bool:
+    """Whether a forward on x should run inside ``pooled()``: CPU inference on the fast paths (not under
+    ``fastpath.reference_ops()``, gradients or torch.compile, whose traced graphs allocate for themselves)."""
+    return x.device.type == "cpu" and fastpath.enabled() and not (training or torch.is_grad_enabled() or
+                                                                  torch.compiler.is_compiling())
 
 
 def active() -> bool:

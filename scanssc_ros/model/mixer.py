@@ -186,8 +186,7 @@ class Fuser(nn.Module):
 
     def forward(self, depth_feats: torch.Tensor, height_feats: torch.Tensor, width_feats: torch.Tensor
                 ) -> torch.Tensor:
-        cpu_inference = depth_feats.device.type == "cpu" and not (self.training or torch.is_grad_enabled())
-        if cpu_inference and fastpath.enabled():
+        if buffer_pool.wanted(depth_feats, self.training):
             with buffer_pool.pooled():  # the full-size volumes of the three mixers reuse each other's memory
                 return self._forward(depth_feats, height_feats, width_feats)
         return self._forward(depth_feats, height_feats, width_feats)

@@ -127,8 +127,7 @@ class ScanSSC(nn.Module):
             proposal = voxel_proposal(src, K, T, A, cfg.proc_grid)
         # CPU inference on the fast paths: the Scan results and the mixers' volumes (all of one size) share a
         # buffer pool
-        pool = dev.type == "cpu" and fastpath.enabled() and not (self.training or torch.is_grad_enabled())
-        with buffer_pool.pooled() if pool else nullcontext():
+        with buffer_pool.pooled() if buffer_pool.wanted(inputs.image, self.training) else nullcontext():
             d_feat, h_feat, w_feat = self.VoxFormer_head(context, depth, lss, proposal, K, T, A, timings)
             with stage(timings, "mixers", dev):
                 fused = self.occ_encoder_backbone(d_feat, h_feat, w_feat)
