@@ -195,13 +195,12 @@ class ScanBlock(nn.Module):
             table = pos
         shape = seq.shape
         L = shape[3]
-        if not buffer_pool.active():
-            lines = seq.reshape(-1, L, C)
-        elif seq.is_contiguous():
-            lines = seq.view(-1, L, C)
-        else:  # the sequences gathered: a whole-volume copy, from the buffer pool
+        if buffer_pool.active() and not seq.is_contiguous():
+            # the sequences gathered (reshape's whole-volume copy) into memory from the buffer pool
             lines = buffer_pool.empty((math.prod(shape[:3]), L, C), seq.dtype, seq.device)
             lines.view(shape).copy_(seq)
+        else:
+            lines = seq.reshape(-1, L, C)
         out = self.scanblocklayer(lines, pos_table=table).view(shape)
         if self.axis == "depth":
             return out.permute(0, 3, 1, 2, 4)

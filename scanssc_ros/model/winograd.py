@@ -198,7 +198,7 @@ def conv3d_3x3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor] 
                     dst = blk[t0:t0 + td, :, r0:r0 + tr]  # td, t0_out, tr, 2, Tw, 2, channels
                     # y[a, b, c] is the output at offset (a, b, c) of every block
                     outs = tuple(dst[:, k].permute(2, 4, 0, 1, 3, 5) for k in range(t0_out))
-                    part = y if len(blocks) == 1 else y[..., lo:hi]
+                    part = y[..., lo:hi]
                     if n0 == 6:
                         _output_axis4(part, outs, _buffer(z_flat, (4, *part.shape[1:])))  # z is spent by now
                     else:
