@@ -49,6 +49,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def gemm_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """Best single-precision GFLOP/s of an n x n product on torch's current threads (CPU): the machine's speed at
+    the moment, so runs in slow and fast phases of a shared VM can be told apart."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    torch.mm(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def run_one(name: str, device: torch.device, precision: str, iters: int, warmup: int, stereo: bool) -> Dict:
     try:
         check_precision(precision, device)

@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_model import peak_rss_mb  # noqa: E402
+from bench.bench_model import gemm_gflops, peak_rss_mb  # noqa: E402
 from scanssc_ros.config import variant  # noqa: E402
 from scanssc_ros.data.depth import stereo_depth  # noqa: E402
 from scanssc_ros.data.image import load_rgb  # noqa: E402
@@ -167,7 +167,10 @@ def main(argv=None) -> int:
     results = []
     for n in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(n)
+        probe = args.device == "cpu"
+        gemm_before = gemm_gflops() if probe else None
         res = run(pred, frames, args.modes.split(","), args.iters, args.warmup)
+        res["sgemm_gflops_before_after"] = [gemm_before, gemm_gflops()] if probe else None
         res.update({"variant": pred.config.variant, "threads": n, "device": args.device,
                     "input": "synthetic" if args.synthetic else "semantickitti-mini 08",
                     "precision": args.precision, "frames": args.frames, "iters": args.iters,
@@ -176,6 +179,9 @@ def main(argv=None) -> int:
                     "malloc_mode": os.environ.get("SCANSSC_MALLOC_TUNING", "1")})
         print(f"--- {res['variant']} {args.device} {args.precision}, {n} thread(s), load average "
               f"{res['loadavg_1min_after']:.1f}, malloc: {res['malloc']}, peak RSS {res['peak_rss_mb']:.0f} MB")
+        if res["sgemm_gflops_before_after"]:
+            print("this machine's best 2048^3 sgemm before / after: {:.0f} / {:.0f} GFLOP/s (its speed at the time)"
+                  .format(*res["sgemm_gflops_before_after"]))
         print_table(res)
         results.append(res)
     path = args.out or REPO / "bench" / "results" / f"predictor_{args.device.split(':')[0]}.json"
