@@ -4,6 +4,12 @@ Thin wiring: subscription callbacks hand messages to :class:`FrameSync` (pairing
 thread takes the newest input set, runs :class:`FrameProcessor` (decode, depth prior, Predictor) and publishes what
 :class:`OutputBuilder` encodes. Inference never runs in an executor callback, so parameter and service calls stay
 responsive while the model is busy, and outputs never lag behind by more than the frame being processed.
+
+The worker is the only thread that runs torch, from loading the model on: OpenMP keeps one thread team per thread
+that starts a parallel region, and with a second team (the main thread's, from loading and the warm-up) libgomp
+counts more threads than cores and stops spinning between parallel regions, so every region woke its helper
+through the kernel: lite inference took ~440-500 instead of ~390 ms on 2 cores, with 20-25 instead of 4 ms of
+system time.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -91,13 +98,37 @@ class ScanSSCNode(Node):
         super().__init__("scanssc_node", **kwargs)
         self.params: Dict[str, Any] = self._declare_parameters()
         self._setup_done = False
+        self._stop = threading.Event()
+        self._running = threading.Event()  # set once set-up is over: the worker may take frames (or stop)
+        loaded: Future = Future()
+        self._worker = threading.Thread(target=self._run, args=(predictor, loaded), name="scanssc_inference",
+                                        daemon=True)
+        self._worker.start()
+        try:
+            self._set_up(loaded.result())
+        except BaseException:  # a refused start, or a signal during it: the worker must not wait forever
+            self._stop.set()
+            self._running.set()
+            raise
+        self._setup_done = True
+        self._running.set()
+        cfg = self.predictor.config
+        self.get_logger().info(
+            f"scanssc_node ready: variant={cfg.variant} device={self.params['device']} "
+            f"precision={self.params['precision']} depth_mode={self.params['depth_mode']} "
+            f"image_transport={self.params['image_transport']} "
+            f"grid={'x'.join(map(str, cfg.grid_dims))} label_set={self.label_set.name}"
+            + (" (cv_bridge)" if self.processor.uses_cv_bridge else "")
+            + (f"; {tuning}" if (tuning := getattr(self.predictor, "malloc_tuning", None)) else ""))
+
+    def _set_up(self, predictor: Any) -> None:
         from scanssc_ros.labels import LABEL_SETS
         from scanssc_ros.ros.frame_processor import FrameProcessor
         from scanssc_ros.ros.frame_sync import DropCounter, FrameSync, LatestSlot
         from scanssc_ros.ros.input_loss import LossDetector
         from scanssc_ros.ros.outputs import OutputBuilder
 
-        self.predictor = predictor if predictor is not None else load_predictor(self.params, self.get_logger())
+        self.predictor = predictor
         cfg = self.predictor.config
         self.label_set = next((s for s in LABEL_SETS.values() if s.num_classes == cfg.num_classes), None)
         if self.label_set is None:
@@ -119,13 +150,10 @@ class ScanSSCNode(Node):
         self.loss = LossDetector(self.drops, self.params["sync_tolerance"])
         self.stats = PipelineStats(self.drops)
         self._lock = threading.Lock()  # guards params/options read by the worker
-        self._stop = threading.Event()
         self._warned: Dict[str, float] = {}
         self._last_stamp: Optional[float] = None
         self._tf_sent_for: Optional[str] = None
 
-        if self.params["warmup"]:
-            self._warm_up()
         self._make_publishers()
         self._make_subscriptions()
         self._make_tf_subscriptions()
@@ -137,16 +165,6 @@ class ScanSSCNode(Node):
 
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._worker = threading.Thread(target=self._work, name="scanssc_inference", daemon=True)
-        self._worker.start()
-        self._setup_done = True
-        self.get_logger().info(
-            f"scanssc_node ready: variant={cfg.variant} device={self.params['device']} "
-            f"precision={self.params['precision']} depth_mode={self.params['depth_mode']} "
-            f"image_transport={self.params['image_transport']} "
-            f"grid={'x'.join(map(str, cfg.grid_dims))} label_set={self.label_set.name}"
-            + (" (cv_bridge)" if self.processor.uses_cv_bridge else "")
-            + (f"; {tuning}" if (tuning := getattr(self.predictor, "malloc_tuning", None)) else ""))
 
     # ------------------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> Dict[str, Any]:
@@ -404,12 +422,29 @@ class ScanSSCNode(Node):
             self.get_logger().warning(text)
 
     # ------------------------------------------------------------------------------------------ worker
-    def _warm_up(self) -> None:
-        h, w = self.predictor.config.input_size
+    def _run(self, predictor: Any, loaded: Future) -> None:
+        """The worker thread: load the model (unless given) and warm it up, hand it to ``__init__``, then take
+        frames once set-up is over."""
+        try:
+            if predictor is None:
+                predictor = load_predictor(self.params, self.get_logger())
+            if self.params["warmup"]:
+                self._warm_up(predictor)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in __init__, on the thread that constructs
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(predictor)
+        self._running.wait()
+        if not self._stop.is_set():
+            self._work()
+
+    def _warm_up(self, predictor: Any) -> None:
+        h, w = predictor.config.input_size
         K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float64)
+        T = np.asarray(self.params["cam_from_grid"], np.float64).reshape(4, 4)
         t = time.perf_counter()
         stereo = None if self.params["depth_mode"] == "mono" else np.full((h, w), 10.0, np.float32)
-        self.predictor.predict(np.zeros((h, w, 3), np.uint8), K, self.processor.cam_from_grid, stereo)
+        predictor.predict(np.zeros((h, w, 3), np.uint8), K, T, stereo)
         self.get_logger().info(f"warm-up inference took {1e3 * (time.perf_counter() - t):.0f} ms")
 
     def _work(self) -> None:
@@ -566,6 +601,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             starting[0] = False  # a second signal while unwinding must not interrupt the clean-up
             raise KeyboardInterrupt
 
+    from scanssc_ros.malloc_tuning import tune_malloc
+
+    tune_malloc()  # before rclpy starts threads: they and the inference worker then share glibc's tuned arena
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
