@@ -8,8 +8,9 @@ responsive while the model is busy, and outputs never lag behind by more than th
 The worker is the only thread that runs torch, from loading the model on: OpenMP keeps one thread team per thread
 that starts a parallel region, and with a second team (the main thread's, from loading and the warm-up) libgomp
 counts more threads than cores and stops spinning between parallel regions, so every region woke its helper
-through the kernel: lite inference took ~440-500 instead of ~390 ms on 2 cores, with 20-25 instead of 4 ms of
-system time.
+through the kernel. In a reproduction on 2 cores (lite, model loaded on the main thread, inference on another) that
+cost 441-497 instead of 374-393 ms per frame, with 21-25 instead of 4 ms of system time; the worker's own malloc
+arena cost as much again (``malloc_tuning``: ``main()`` gives every thread the one tuned arena).
 """
 from __future__ import annotations
 
