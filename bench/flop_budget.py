@@ -11,7 +11,7 @@ Examples:
     python bench/flop_budget.py                      # lite (bundled checkpoint), real sample, 2 threads
     python bench/flop_budget.py --variant paper --iters 1
 
-Results go to bench/results/flop_budget_<device>.json (runs of other variants are kept).
+Results go to bench/results/flop_budget_cpu.json (runs of other variants are kept).
 """
 from __future__ import annotations
 

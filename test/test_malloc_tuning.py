@@ -28,10 +28,15 @@ print(first, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _probe(mb: int = 16, **env) -> tuple:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(mb)], env={**os.environ, "PYTHONPATH": str(REPO), **env},
+def _run(script: str, *argv: str, **env) -> tuple:
+    """(what tune_malloc() returned, the fault count) that ``script`` prints as its last line."""
+    out = subprocess.run([sys.executable, "-c", script, *argv], env={**os.environ, "PYTHONPATH": str(REPO), **env},
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     return " ".join(out[:-1]), int(out[-1])
+
+
+def _probe(mb: int = 16, **env) -> tuple:
+    return _run(PROBE, str(mb), **env)
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only: elsewhere tune_malloc() does nothing (checked below)")
@@ -101,14 +106,9 @@ print(tuned, max(faults[1:]))
 
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_a_worker_thread_reuses_freed_memory():
-    def probe(**env):
-        out = subprocess.run([sys.executable, "-c", THREAD_PROBE], env={**os.environ, "PYTHONPATH": str(REPO), **env},
-                             capture_output=True, text=True, timeout=120, check=True).stdout.split()
-        return " ".join(out[:-1]), int(out[-1])
-
-    tuned, faults_tuned = probe()
+    tuned, faults_tuned = _run(THREAD_PROBE)
     assert tuned.endswith("one arena")
-    _, faults_off = probe(SCANSSC_MALLOC_TUNING="0")
+    _, faults_off = _run(THREAD_PROBE, SCANSSC_MALLOC_TUNING="0")
     # 115 MB = 29k pages a frame: faulted in every frame without the tuning; with the thresholds alone the thread's
     # own arena gave 16k of them back every frame (64 MB heaps released when empty), on the main arena none
     assert faults_off > 20000 and faults_tuned < 1000, (faults_tuned, faults_off)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from nodeutil import FakePredictor, Graph, Probe, wait_for
+from nodeutil import FakePredictor, Graph, Probe, make_node, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -21,16 +21,6 @@ class RecordingPredictor(FakePredictor):
         return super().predict(*args, **kwargs)
 
 
-def _node(ctx, **params):
-    from rclpy.parameter import Parameter
-
-    from scanssc_ros.ros.node import ScanSSCNode
-
-    base = dict(allow_untrained=True, surface_only=False, max_voxels=0, publish_tf=False, diagnostics_period=0.2)
-    base.update(params)
-    return ScanSSCNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in base.items()])
-
-
 def test_loading_warm_up_and_frames_run_on_the_worker(ros_context, monkeypatch):
     from scanssc_ros.ros import node as node_module
 
@@ -42,7 +32,7 @@ def test_loading_warm_up_and_frames_run_on_the_worker(ros_context, monkeypatch):
         return predictor
 
     monkeypatch.setattr(node_module, "load_predictor", load)
-    node = _node(ros_context, warmup=True)
+    node = make_node(ros_context, None, warmup=True)  # no predictor given: the node loads one
     probe = Probe(ros_context)
     graph = Graph(ros_context, node, probe.node)
     try:
@@ -68,6 +58,6 @@ def test_a_refused_start_ends_the_worker(ros_context, monkeypatch):
     monkeypatch.setattr(node_module, "load_predictor", refuse)
     before = {t.ident for t in threading.enumerate()}
     with pytest.raises(StartupError, match="does not exist"):
-        _node(ros_context)
+        make_node(ros_context, None)
     assert wait_for(lambda: not [t for t in threading.enumerate()
                                  if t.name == "scanssc_inference" and t.ident not in before], 5.0)
