@@ -50,7 +50,9 @@ def _like(m: Array, ref: Array) -> Array:
 
 
 def _inv(m: Array) -> Array:
-    return torch.linalg.inv(m) if _is_torch(m) else np.linalg.inv(m)
+    # inv_ex: inv's kernel without its host-side check for singular input, a wait for the GPU on every call;
+    # the camera matrices are checked where they enter (Predictor, datasets), so they are invertible here
+    return torch.linalg.inv_ex(m).inverse if _is_torch(m) else np.linalg.inv(m)
 
 
 def full_precision(fn: _F) -> _F:

@@ -85,3 +85,27 @@ def test_group_norm_cuda_inference_path_matches_aten(cuda, precision):
             ref = gn(xin)
     assert got.dtype == ref.dtype
     torch.testing.assert_close(got.float(), ref.float(), rtol=1e-4, atol=1e-4 if dtype is None else 2e-2)
+
+
+def test_lite_forward_on_cuda_waits_for_the_device_once(cuda):
+    """test_host_sync counts the CUDA forward's host waits on the CPU; here torch's sync debug mode counts them
+    on the GPU: a steady-state bf16 forward waits once, for the number of proposal voxels (the cross-attention's
+    query count). A second wait found here and not there is an op the CPU-side probe does not know."""
+    import warnings
+
+    torch.manual_seed(0)
+    cfg = variant("lite")
+    model = ScanSSC(cfg).to(cuda).eval()
+    inputs = example_inputs(cfg, device=cuda)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(inputs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model(inputs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    waits = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(waits) == 1, waits

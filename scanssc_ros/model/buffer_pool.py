@@ -90,7 +90,7 @@ def pooled() -> Iterator[Optional[BufferPool]]:
 def wanted(x: torch.Tensor, training: bool) -> bool:
     """Whether a forward on x should run inside ``pooled()``: CPU inference on the fast paths (not under
     ``fastpath.reference_ops()``, gradients or torch.compile, whose traced graphs allocate for themselves)."""
-    return x.device.type == "cpu" and fastpath.enabled() and not (training or torch.is_grad_enabled() or
+    return fastpath.on_cpu(x) and fastpath.enabled() and not (training or torch.is_grad_enabled() or
                                                                   torch.compiler.is_compiling())
 
 

@@ -34,10 +34,11 @@ def camera_vector(K: torch.Tensor, T_cam_grid: torch.Tensor, img_aug: torch.Tens
     B = K.shape[0]
     K, T, A = K.float(), T_cam_grid.float(), img_aug.float()
     zeros, ones = K.new_zeros(B), K.new_ones(B)
-    sensor2ego = torch.linalg.inv(T)[:, :3, :4]
+    # the _ex forms skip the host-side singularity check (a wait for the GPU); the Predictor checks K and T
+    sensor2ego = torch.linalg.inv_ex(T).inverse[:, :3, :4]
     shift = K.new_zeros(B, 3) if p_shift is None else p_shift.float().reshape(B, 3)
     if convention == "official":
-        t = torch.linalg.solve(K, shift[..., None])  # (B, 3, 1): P[:, 3] = K t
+        t = torch.linalg.solve_ex(K, shift[..., None]).result  # (B, 3, 1): P[:, 3] = K t
         sensor2ego = torch.cat([sensor2ego[..., :3], sensor2ego[..., 3:] + sensor2ego[..., :3] @ t], dim=-1)
     elif convention == "shift_folded":
         shift = K.new_zeros(B, 3)

@@ -283,7 +283,7 @@ class VoxFormerHead(nn.Module):
         change, and projecting every voxel centre took 1.8 ms a frame for the lite grid, 12 ms for the paper's.
         The camera is compared by value (``lift.camera_key``, as the splat plans are), so any change recomputes."""
         camera = (K, T_cam_grid, img_aug)
-        if self.training or torch.is_grad_enabled() or any(t.device.type != "cpu" for t in camera):
+        if self.training or torch.is_grad_enabled() or not fastpath.on_cpu(*camera):
             return reference_points(self.cfg, *camera)
         key = camera_key(*camera)
         cached = self.__dict__.get("_reference_cache")
@@ -323,12 +323,16 @@ class VoxFormerHead(nn.Module):
             for layer in self.cross_transformer.encoder.layers:
                 x = layer(x, value, dist, ref_sel, valid, (h, w))
             vox = self.mlp_prior(lss_flat)
-            b_idx = torch.arange(B, device=dev)[:, None].expand(-1, max_len)
-            where = (b_idx[real], order[real])
+            where = (torch.arange(B, device=dev)[:, None].expand(-1, max_len), order)
+            x = x.to(vox.dtype)
+            if B > 1:
+                # a sample's padding queries (it has fewer proposals than the longest) write back the voxels'
+                # own values: selecting the real ones would size the result by their count (a host wait on GPU)
+                x = torch.where(real[..., None], x, vox[where])
             if torch.is_grad_enabled():
-                vox = vox.index_put(where, x[real].to(vox.dtype))
+                vox = vox.index_put(where, x)
             else:  # mlp_prior's fresh result: written in place instead of copied
-                vox.index_put_(where, x[real].to(vox.dtype))
+                vox.index_put_(where, x)
         with stage(timings, "self_attn", dev):
             rows, cols = cfg.bev_shape
             pos = self.positional_encoding(rows, cols).reshape(-1, C).to(vox.dtype)

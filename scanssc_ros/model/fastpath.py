@@ -40,6 +40,12 @@ def cpu_fp32_inference(*tensors: torch.Tensor) -> bool:
                for t in tensors)
 
 
+def on_cpu(*tensors: torch.Tensor) -> bool:
+    """True where every tensor is on the CPU: the host-side caches and CPU-only kernels that do not depend on
+    the dtype (``host_sync.cuda_paths`` turns them off to show the CUDA forward on a CPU)."""
+    return all(t.device.type == "cpu" for t in tensors)
+
+
 def cuda_inference(*tensors: torch.Tensor) -> bool:
     """True where a CUDA fast path may replace the reference: fast paths on, CUDA tensors, nothing that needs a
     gradient, not under torch.compile."""

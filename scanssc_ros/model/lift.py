@@ -19,6 +19,7 @@ import torch
 from scanssc_ros.geometry import GridSpec, unproject_pixels
 
 _MAX_ROWS_X_CH = 1 << 24  # lifted elements pooled per chunk
+_SPARE_ROWS = 1024  # rows that take the points outside the grid
 
 
 def depth_bin_centers(dbound: Tuple[float, float, float], num_bins: int, device=None) -> torch.Tensor:
@@ -61,18 +62,23 @@ def lss_pool(context: torch.Tensor, depth: torch.Tensor, points: torch.Tensor, g
     N = grid.num_voxels
     flat, inside = truncated_voxel_index(points, grid)  # B,D,h,w
     flat = flat + (torch.arange(B, device=flat.device) * N)[:, None, None, None]
+    # points outside the grid are summed into spare rows after the grid's, which are dropped: selecting the inside
+    # ones would give a result whose size depends on the values (on a GPU, the host waits for it every chunk).
+    # Spread over _SPARE_ROWS rows so a GPU's atomic adds do not all queue on one row; the grid's rows get the
+    # same terms in the same order as from the selection
+    spare = B * N + torch.arange(flat.numel(), device=flat.device).view(flat.shape) % _SPARE_ROWS
+    flat = torch.where(inside, flat, spare)
     with torch.autocast(device_type=context.device.type, enabled=False):
         ctx = context.float().permute(0, 2, 3, 1)  # B,h,w,C
         dep = depth.float()
-        out = ctx.new_zeros(B * N, C)
+        out = ctx.new_zeros(B * N + _SPARE_ROWS, C)
         step = max(1, _MAX_ROWS_X_CH // max(1, B * h * w * C))
         for d0 in range(0, D, step):
             d1 = min(D, d0 + step)
             src = dep[:, d0:d1, :, :, None] * ctx[:, None]  # B,d,h,w,C
-            keep = inside[:, d0:d1]
-            out.index_add_(0, flat[:, d0:d1][keep], src[keep])
+            out.index_add_(0, flat[:, d0:d1].reshape(-1), src.reshape(-1, C))
         X, Y, Z = grid.dims
-        return out.view(B, X, Y, Z, C).permute(0, 4, 1, 2, 3)
+        return out[:B * N].view(B, X, Y, Z, C).permute(0, 4, 1, 2, 3)
 
 
 class SplatPlan:

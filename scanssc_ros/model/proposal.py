@@ -42,18 +42,19 @@ def voxel_proposal(depth: torch.Tensor, K: torch.Tensor, T_cam_grid: torch.Tenso
     valid = torch.isfinite(d) & (d > 0)
     pts = unproject_pixels(uv, torch.where(valid, d, torch.ones_like(d)), K.float(), T_cam_grid.float(),
                            img_aug.float())
-    kept = _kept_voxels_planar if fastpath.enabled() and dev.type == "cpu" else kept_voxels
-    mask = torch.zeros(B * grid.num_voxels, dtype=torch.bool, device=dev)
+    kept = _kept_voxels_planar if fastpath.enabled() and fastpath.on_cpu(depth) else kept_voxels
+    # one spare entry after the grid's, where kept_voxels sends the points it does not keep
+    mask = torch.zeros(B * grid.num_voxels + 1, dtype=torch.bool, device=dev)
     mask[kept(pts, valid, grid)] = True
-    mask = mask.view(B, grid.num_voxels)
+    mask = mask[:-1].view(B, grid.num_voxels)
     too_few = mask.sum(dim=1) < 2
-    mask[too_few] = True
-    return mask.view(B, *grid.dims)
+    return mask.logical_or_(too_few[:, None]).view(B, *grid.dims)
 
 
 def kept_voxels(pts: torch.Tensor, valid: torch.Tensor, grid: GridSpec) -> torch.Tensor:
     """Flat indices (into B x the grid's voxels) of the points (B, N, 3) that are ``valid`` and strictly inside
-    the grid (``_MARGIN``)."""
+    the grid (``_MARGIN``), and the index after the last voxel for the others: every point has an entry, so the
+    result's size does not depend on the values (no host synchronisation on a GPU)."""
     B, dev = pts.shape[0], pts.device
     lo = torch.as_tensor(grid.origin, device=dev, dtype=torch.float32)
     hi = torch.as_tensor(grid.upper, device=dev, dtype=torch.float32)
@@ -62,13 +63,14 @@ def kept_voxels(pts: torch.Tensor, valid: torch.Tensor, grid: GridSpec) -> torch
     idx = torch.minimum(((pts - lo) / grid.voxel_size).floor().long(), dims - 1)
     flat = (idx[..., 0] * grid.dims[1] + idx[..., 1]) * grid.dims[2] + idx[..., 2]
     flat = flat + (torch.arange(B, device=dev) * grid.num_voxels)[:, None]
-    return flat[keep]
+    return torch.where(keep, flat, B * grid.num_voxels)
 
 
 def _kept_voxels_planar(pts: torch.Tensor, valid: torch.Tensor, grid: GridSpec) -> torch.Tensor:
-    """``kept_voxels`` with the same float32 operations on one coordinate plane at a time, and the voxel index
-    only for the kept points: aten runs an (N, 3) map against a broadcast (3,) bound as an innermost loop of 3
-    (the minimum with the grid size took 4 ms for the 491k pixels of a KITTI frame)."""
+    """``kept_voxels`` for the CPU, with the same float32 operations on one coordinate plane at a time, and the
+    voxel index only for the kept points (no entries for the others): aten runs an (N, 3) map against a
+    broadcast (3,) bound as an innermost loop of 3 (the minimum with the grid size took 4 ms for the 491k pixels
+    of a KITTI frame)."""
     lo = torch.tensor(grid.origin, dtype=torch.float32)
     low, high = (lo + _MARGIN).tolist(), (torch.tensor(grid.upper, dtype=torch.float32) - _MARGIN).tolist()
     planes = pts.permute(2, 0, 1).contiguous()  # (3, B, N)
