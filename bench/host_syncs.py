@@ -23,19 +23,15 @@ sys.path.insert(0, str(REPO))
 
 from scanssc_ros.config import variant  # noqa: E402
 from scanssc_ros.model.examples import example_inputs  # noqa: E402
-from scanssc_ros.model.host_sync import SyncProbe, cuda_paths  # noqa: E402
+from scanssc_ros.model.host_sync import cuda_paths, forward_syncs  # noqa: E402
 from scanssc_ros.model.scanssc import ScanSSC  # noqa: E402
 
 
 def count(name: str, paths) -> dict:
     torch.manual_seed(0)
     cfg = variant(name)
-    model = ScanSSC(cfg).eval()
-    inputs = example_inputs(cfg)
-    with torch.inference_mode(), paths():
-        model(inputs)
-        with SyncProbe() as probe:
-            model(inputs)
+    with paths():
+        probe = forward_syncs(ScanSSC(cfg).eval(), example_inputs(cfg))
     return {"total": probe.total, "sites": {f"{op} {where}": n for (op, where), n in sorted(probe.syncs.items())}}
 
 

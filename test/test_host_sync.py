@@ -11,7 +11,7 @@ from scanssc_ros.config import variant
 from scanssc_ros.geometry import GridSpec
 from scanssc_ros.model import lift
 from scanssc_ros.model.examples import example_inputs
-from scanssc_ros.model.host_sync import SyncProbe, cuda_paths
+from scanssc_ros.model.host_sync import SyncProbe, cuda_paths, forward_syncs
 from scanssc_ros.model.lift import lss_pool, truncated_voxel_index
 from scanssc_ros.model.proposal import voxel_proposal
 from scanssc_ros.model.scanssc import ScanSSC
@@ -61,12 +61,8 @@ def test_cuda_forward_waits_only_for_the_query_count(name):
     camera matrices' inversion checks used to wait as well."""
     torch.manual_seed(0)
     cfg = variant(name)
-    model = ScanSSC(cfg).eval()
-    inputs = example_inputs(cfg)
-    with torch.inference_mode(), cuda_paths():
-        model(inputs)  # per-camera state, if any, built first: a stream's steady state is what matters
-        with SyncProbe() as probe:
-            model(inputs)
+    with cuda_paths():
+        probe = forward_syncs(ScanSSC(cfg).eval(), example_inputs(cfg))
     assert [(op, where.split(":")[0]) for op, where in probe.syncs] == [("item", "model/encoder.py")], probe.syncs
     assert probe.total == 1
 

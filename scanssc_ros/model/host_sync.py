@@ -92,6 +92,16 @@ class SyncProbe(TorchDispatchMode):
         return sum(self.syncs.values())
 
 
+def forward_syncs(model: torch.nn.Module, inputs: Any) -> SyncProbe:
+    """The host synchronisations of ``model(inputs)`` in inference mode, counted on the second of two calls: the
+    first builds whatever the model keeps per camera, and a stream's steady state is what matters."""
+    with torch.inference_mode():
+        model(inputs)
+        with SyncProbe() as probe:
+            model(inputs)
+    return probe
+
+
 @contextmanager
 def cuda_paths() -> Iterator[None]:
     """Inside the block the model takes the branches of a CUDA device on whatever device it runs: the CPU fast
